@@ -1,0 +1,23 @@
+"""fastxent: fused, numerically stable softmax cross-entropy for the CPU.
+
+Public API: `cross_entropy`, `cross_entropy_grad`, `cross_entropy_with_grad`,
+`log_softmax`, `softmax`, `logsumexp`, `CrossEntropyLoss`, and the
+njit-callable kernel layer `fastxent.kernels`.
+"""
+
+from . import kernels
+from .api import cross_entropy, cross_entropy_grad, cross_entropy_with_grad, log_softmax, logsumexp, softmax
+from .loss import CrossEntropyLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "log_softmax",
+    "softmax",
+    "logsumexp",
+    "CrossEntropyLoss",
+    "kernels",
+]

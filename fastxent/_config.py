@@ -1,0 +1,41 @@
+"""The one place for fastxent's JIT options.
+
+Every kernel module takes its ``@njit`` options from here, so a change of
+fast-math policy, caching or the serial/parallel threshold is made once.
+"""
+
+import os
+
+# Fast-math flags for loops that *reduce* (sum of exps, max, dot products).
+# ``reassoc`` is what lets LLVM vectorize a floating-point sum. ``nnan`` and
+# ``ninf`` are deliberately absent: with them LLVM may delete the NaN checks
+# and treat the -inf of a masked logit as poison, changing results.
+REDUCE_FLAGS = frozenset({"reassoc", "nsz", "contract", "arcp", "afn"})
+
+# Flags for element-wise loops and per-row scalar arithmetic. No ``reassoc``:
+# it would let LLVM rewrite ``(x - max) - log(s)`` as ``x - (max + log(s))``,
+# which loses everything when |x| ~ 1e30, and it would undo the Cody-Waite
+# split inside the polynomial exp.
+ELEMENTWISE_FLAGS = frozenset({"nsz", "contract", "arcp"})
+
+# Compiled kernels are cached on disk next to the sources; set
+# FASTXENT_CACHE=0 to compile in memory only (e.g. on a read-only install).
+CACHE = os.environ.get("FASTXENT_CACHE", "1") != "0"
+
+# Problems with fewer elements (rows x classes) than this run the serial twin
+# of a kernel: a parallel launch costs several microseconds, which dominates
+# small calls. Measured with `python -m fastxent threshold` (see README).
+PARALLEL_MIN_ELEMENTS = int(os.environ.get("FASTXENT_PARALLEL_MIN_ELEMENTS", 32768))
+
+# Options shared by every kernel. ``error_model="numpy"`` makes float
+# division by zero give inf/nan instead of raising, as NumPy does, and avoids
+# the zero-check branch in hot loops. ``boundscheck`` is left to Numba's
+# global setting so NUMBA_BOUNDSCHECK=1 checks every kernel in CI.
+_COMMON = dict(cache=CACHE, error_model="numpy", nogil=True)
+
+PARALLEL = dict(_COMMON, parallel=True, fastmath=set(ELEMENTWISE_FLAGS))
+SERIAL = dict(_COMMON, fastmath=set(ELEMENTWISE_FLAGS))
+# Row helpers are inlined into the kernels at the LLVM level; their own
+# flags travel with their instructions.
+ROW_REDUCE = dict(_COMMON, fastmath=set(REDUCE_FLAGS))
+ROW_ELEMENTWISE = dict(_COMMON, fastmath=set(ELEMENTWISE_FLAGS))

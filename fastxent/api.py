@@ -1,0 +1,458 @@
+"""NumPy-facing functions: validate, allocate when asked, dispatch.
+
+No arithmetic on whole arrays happens here; it is all in `fastxent.kernels`.
+Every check runs before any kernel writes, so a raised error leaves the
+caller's inputs and buffers untouched.
+"""
+
+import operator
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.array_utils import normalize_axis_index
+
+from . import _threading, kernels
+
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "log_softmax",
+    "softmax",
+    "logsumexp",
+]
+
+_REDUCTIONS = ("mean", "sum", "none")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_NO_WEIGHT = {dt: np.empty(0, dtype=dt) for dt in _FLOATS}
+
+
+# --------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------
+
+
+def _as_float_array(x, name):
+    x = np.asarray(x)
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
+    return x
+
+
+def check_buffer(buf, name, shape, dtype):
+    """Raise unless ``buf`` is a writeable C-contiguous array of this shape and dtype."""
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
+    if buf.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {buf.dtype}")
+    if buf.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {buf.shape}")
+    if not buf.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not buf.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+
+
+def _same_buffer(a, b):
+    return (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.shape == b.shape
+        and a.strides == b.strides
+    )
+
+
+def _check_no_overlap(buf, name, others):
+    for other_name, other in others:
+        if other is not None and other.size and buf.size and np.may_share_memory(buf, other):
+            raise ValueError(f"{name} overlaps {other_name}; pass a separate buffer")
+
+
+def _labels_array(target, batch_shape):
+    if target.shape != batch_shape:
+        raise ValueError(
+            f"class-index target must have shape logits.shape[:-1] = {batch_shape}, got {target.shape}"
+        )
+    if target.dtype in (np.int32, np.int64):
+        return target
+    if target.dtype == np.uint64 and target.size and target.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"label {target.max()} is out of range")
+    return target.astype(np.int64)
+
+
+@dataclass
+class _Problem:
+    """Validated inputs, reshaped to the 2-D (rows, classes) form the kernels take."""
+
+    logits: np.ndarray  # (N, C), C-contiguous
+    target: np.ndarray  # (N,) int labels or (N, C) probabilities
+    weight: np.ndarray  # (C,) or empty, logits dtype
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    shape: tuple  # the caller's logits shape
+    source: np.ndarray  # the caller's logits (as an array), for the in-place test
+
+    @property
+    def labels(self):
+        return self.target.ndim == 1
+
+    @property
+    def dtype(self):
+        return self.logits.dtype
+
+
+def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
+    """Validate cross-entropy arguments; return a `_Problem` or raise."""
+    source = _as_float_array(logits, "logits")
+    dtype = source.dtype
+    n_classes = source.shape[-1]
+    if n_classes == 0:
+        raise ValueError("logits must have at least one class (last axis has length 0)")
+    batch_shape = source.shape[:-1]
+    logits2d = np.ascontiguousarray(source).reshape(-1, n_classes)
+    n_rows = logits2d.shape[0]
+
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    try:
+        ignore_index = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index must be an integer, got {type(ignore_index).__name__}") from None
+    try:
+        label_smoothing = float(label_smoothing)
+    except (TypeError, ValueError):
+        raise TypeError(f"label_smoothing must be a number, got {type(label_smoothing).__name__}") from None
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+
+    if weight is None:
+        weight = _NO_WEIGHT[dtype]
+    else:
+        weight = np.asarray(weight)
+        if weight.dtype.kind not in "fiu":
+            raise TypeError(f"weight must be a real numeric array, got dtype {weight.dtype}")
+        if weight.shape != (n_classes,):
+            raise ValueError(f"weight must have shape ({n_classes},), got {weight.shape}")
+        weight = np.ascontiguousarray(weight, dtype=dtype)
+
+    target = np.asarray(target)
+    if target.dtype.kind in "iu":
+        labels = np.ascontiguousarray(_labels_array(target, batch_shape)).reshape(-1)
+        bad = kernels.first_invalid_label(labels, n_classes, ignore_index)
+        if bad >= 0:
+            where = np.unravel_index(bad, batch_shape) if batch_shape else ()
+            raise ValueError(
+                f"label {labels[bad]} at index {tuple(int(i) for i in where)} is outside [0, {n_classes}) "
+                f"and is not ignore_index ({ignore_index})"
+            )
+        target2d = labels
+    elif target.dtype.kind == "f":
+        if target.shape != source.shape:
+            raise ValueError(
+                f"probability target must have the logits' shape {source.shape}, got {target.shape}"
+            )
+        target2d = np.ascontiguousarray(target, dtype=dtype).reshape(n_rows, n_classes)
+    else:
+        raise TypeError(
+            f"target must be integer class indices or float probabilities, got dtype {target.dtype}"
+        )
+    return _Problem(logits2d, target2d, weight, ignore_index, reduction, label_smoothing, source.shape, source)
+
+
+# --------------------------------------------------------------------------
+# Scratch for per-row losses when the caller wants a reduced loss.
+# Kept per thread and grown on demand, so a loop allocates nothing.
+# --------------------------------------------------------------------------
+
+_scratch = threading.local()
+
+
+def _row_scratch(n, dtype):
+    buf = getattr(_scratch, dtype.name, None)
+    if buf is None or buf.shape[0] < n:
+        buf = np.empty(max(n, 1), dtype=dtype)
+        setattr(_scratch, dtype.name, buf)
+    return buf[:n]
+
+
+# --------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------
+
+
+def _denominator(p):
+    """Divisor of the summed row losses (and of the gradient) for the reduction."""
+    if p.reduction != "mean":
+        return 1.0
+    if p.labels:
+        return kernels.labels_mean_denominator(p.target, p.weight, p.ignore_index)
+    return float(p.logits.shape[0])
+
+
+def _finish(p, total, row_loss, denominator):
+    if p.reduction == "none":
+        return row_loss.reshape(p.shape[:-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return p.dtype.type(np.float64(total) / np.float64(denominator))
+
+
+def check_loss_out(p, out):
+    """Validate ``out`` for the per-row losses, or return None when it is absent."""
+    if out is None:
+        return None
+    if p.reduction != "none":
+        raise ValueError(f"out is only valid with reduction='none', got reduction={p.reduction!r}")
+    check_buffer(out, "out", p.shape[:-1], p.dtype)
+    _check_no_overlap(out, "out", [("logits", p.logits), ("target", p.target), ("weight", p.weight)])
+    return out.reshape(-1)
+
+
+def _row_loss_buffer(p, out):
+    n = p.logits.shape[0]
+    if out is not None:
+        return out
+    if p.reduction == "none":
+        return np.empty(n, dtype=p.dtype)
+    return _row_scratch(n, p.dtype)
+
+
+def fused(p, grad, row_loss):
+    """Run the fused kernel: gradient into ``grad`` (may be the logits), losses into ``row_loss``.
+
+    ``grad`` has the caller's logits shape; returns the loss as the API does.
+    """
+    denominator = _denominator(p)
+    with np.errstate(divide="ignore"):
+        scale = 1.0 / np.float64(denominator)
+    n_elements = p.logits.size
+    common = (p.weight,) + ((p.ignore_index,) if p.labels else ()) + (p.label_smoothing, scale)
+    grad2d = grad.reshape(p.logits.shape)
+    if _same_buffer(grad2d, p.logits):
+        if p.labels:
+            pair = (kernels.xent_labels_fused_inplace, kernels.xent_labels_fused_inplace_serial)
+        else:
+            pair = (kernels.xent_probs_fused_inplace, kernels.xent_probs_fused_inplace_serial)
+        total = _threading.run(*pair, n_elements, p.logits, p.target, *common, row_loss)
+    else:
+        if p.labels:
+            pair = (kernels.xent_labels_fused, kernels.xent_labels_fused_serial)
+        else:
+            pair = (kernels.xent_probs_fused, kernels.xent_probs_fused_serial)
+        total = _threading.run(*pair, n_elements, p.logits, p.target, *common, grad2d, row_loss)
+    return _finish(p, total, row_loss, denominator)
+
+
+def check_grad_out(p, grad_out, out):
+    """Validate ``grad_out``: a fresh-able buffer, or exactly the logits (in-place mode)."""
+    check_buffer(grad_out, "grad_out", p.shape, p.dtype)
+    if _same_buffer(grad_out, p.source) and _same_buffer(grad_out.reshape(p.logits.shape), p.logits):
+        others = [("target", p.target), ("weight", p.weight), ("out", out)]
+    else:
+        others = [("logits", p.source), ("target", p.target), ("weight", p.weight), ("out", out)]
+    _check_no_overlap(grad_out, "grad_out", others)
+
+
+# --------------------------------------------------------------------------
+# Public cross-entropy functions
+# --------------------------------------------------------------------------
+
+_OPTIONS_DOC = """
+    Parameters
+    ----------
+    logits : array_like, float32 or float64, shape (..., C)
+        Unnormalized scores; the last axis holds the C classes and all
+        leading axes are the batch. Kept in its dtype.
+    target : array_like
+        Either integer class indices of shape ``logits.shape[:-1]``, each in
+        ``[0, C)`` or equal to ``ignore_index``; or float probabilities of the
+        logits' shape (soft labels, converted to the logits' dtype).
+    weight : array_like of shape (C,), optional
+        Per-class weights, as in ``torch.nn.functional.cross_entropy``.
+    ignore_index : int, default -100
+        Class-index rows with this label contribute 0 loss and 0 gradient
+        and are left out of the mean. Unused for probability targets.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the summed loss by the summed weight of the
+        non-ignored rows (by the number of rows for probability targets);
+        a mean over no rows is NaN. "sum" of no rows is 0. "none" gives
+        one loss per row.
+    label_smoothing : float in [0, 1], default 0
+        Mixes the target with the uniform distribution over C classes.
+"""
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None):
+    p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing)
+    out = check_loss_out(p, out)
+    row_loss = _row_loss_buffer(p, out)
+    denominator = _denominator(p)
+    common = (p.weight,) + ((p.ignore_index,) if p.labels else ()) + (p.label_smoothing,)
+    if p.labels:
+        pair = (kernels.xent_labels_loss, kernels.xent_labels_loss_serial)
+    else:
+        pair = (kernels.xent_probs_loss, kernels.xent_probs_loss_serial)
+    total = _threading.run(*pair, p.logits.size, p.logits, p.target, *common, row_loss)
+    return _finish(p, total, row_loss, denominator)
+
+
+cross_entropy.__doc__ = (
+    """Softmax cross-entropy loss, with PyTorch's options and semantics.
+"""
+    + _OPTIONS_DOC
+    + """    out : ndarray, optional
+        Buffer for the per-row losses (reduction="none" only): shape
+        ``logits.shape[:-1]``, the logits' dtype, C-contiguous, writeable.
+
+    Returns
+    -------
+    loss : numpy scalar of the logits' dtype ("mean", "sum"), or an array of
+        per-row losses of shape ``logits.shape[:-1]`` ("none"; ``out`` if given).
+"""
+)
+
+
+def cross_entropy_with_grad(
+    logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None, grad_out=None
+):
+    p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing)
+    out = check_loss_out(p, out)
+    if grad_out is None:
+        grad_out = np.empty(p.shape, dtype=p.dtype)
+    else:
+        check_grad_out(p, grad_out, out)
+    loss = fused(p, grad_out, _row_loss_buffer(p, out))
+    return loss, grad_out
+
+
+cross_entropy_with_grad.__doc__ = (
+    """Loss and its gradient with respect to the logits, in one fused pass.
+"""
+    + _OPTIONS_DOC
+    + """    out : ndarray, optional
+        Buffer for the per-row losses (reduction="none" only).
+    grad_out : ndarray, optional
+        Buffer for the gradient: the logits' shape and dtype, C-contiguous,
+        writeable. It may be the logits array itself: then the gradient
+        overwrites the logits (in-place mode, one read and one write per
+        element). Any other overlap with the inputs is an error.
+
+    Returns
+    -------
+    loss : as `cross_entropy`
+    grad : ndarray of the logits' shape: the gradient of ``loss`` (of the sum
+        of the row losses for reduction="none"); ``grad_out`` if given.
+"""
+)
+
+
+def cross_entropy_grad(
+    logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None
+):
+    p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing)
+    if out is None:
+        out = np.empty(p.shape, dtype=p.dtype)
+    else:
+        check_grad_out(p, out, None)
+    fused(p, out, _row_scratch(p.logits.shape[0], p.dtype))
+    return out
+
+
+cross_entropy_grad.__doc__ = (
+    """Gradient of `cross_entropy` with respect to the logits.
+"""
+    + _OPTIONS_DOC
+    + """    out : ndarray, optional
+        Buffer for the gradient (same rules as ``grad_out`` of
+        `cross_entropy_with_grad`; it may be the logits array itself).
+
+    Returns
+    -------
+    grad : ndarray of the logits' shape (``out`` if given); for
+        reduction="none" the gradient of the sum of the row losses.
+"""
+)
+
+
+# --------------------------------------------------------------------------
+# Row-wise primitives along any axis
+# --------------------------------------------------------------------------
+
+
+def _rowwise(x, axis, out, name, keep_axis):
+    """Move ``axis`` last, run ``name`` over rows, put the result where it belongs."""
+    x = _as_float_array(x, "x")
+    axis = normalize_axis_index(axis, x.ndim)
+    out_shape = x.shape if keep_axis else x.shape[:axis] + x.shape[axis + 1 :]
+    if out is not None:
+        check_buffer(out, "out", out_shape, x.dtype)
+        if not _same_buffer(out, x):
+            _check_no_overlap(out, "out", [("x", x)])
+    moved = np.moveaxis(x, axis, -1)
+    n_classes = moved.shape[-1]
+    x2d = np.ascontiguousarray(moved).reshape(-1, n_classes)
+    direct = out is not None and (axis == x.ndim - 1 or not keep_axis)
+    if direct:
+        result = out
+    else:
+        result = np.empty(moved.shape if keep_axis else out_shape, dtype=x.dtype)
+    if n_classes == 0:
+        if not keep_axis:  # log-sum-exp of nothing
+            result[...] = -np.inf
+    else:
+        pair = (getattr(kernels, name), getattr(kernels, name + "_serial"))
+        res2d = result.reshape(x2d.shape) if keep_axis else result.reshape(-1)
+        if direct and _same_buffer(out, x):
+            x2d = res2d  # in place: one array, no overlap check in the loops
+        _threading.run(*pair, x2d.size, x2d, res2d)
+    if keep_axis:
+        result = np.moveaxis(result, -1, axis)
+    if out is not None and result is not out:
+        np.copyto(out, result)
+        result = out
+    return result if result.ndim else result[()]
+
+
+def log_softmax(x, axis=-1, out=None):
+    """Numerically stable ``x - logsumexp(x, axis)``.
+
+    Parameters
+    ----------
+    x : array_like, float32 or float64
+    axis : int, default -1
+    out : ndarray, optional
+        Result buffer of x's shape and dtype, C-contiguous; may be ``x``.
+
+    Returns
+    -------
+    ndarray of x's shape and dtype (``out`` if given).
+    """
+    return _rowwise(x, axis, out, "log_softmax_rows", keep_axis=True)
+
+
+def softmax(x, axis=-1, out=None):
+    """``exp(x - logsumexp(x, axis))``, computed stably.
+
+    Parameters and return value as `log_softmax`.
+    """
+    return _rowwise(x, axis, out, "softmax_rows", keep_axis=True)
+
+
+def logsumexp(x, axis=-1, out=None):
+    """``log(sum(exp(x), axis))`` without overflow (shifted by the maximum).
+
+    Parameters
+    ----------
+    x : array_like, float32 or float64
+    axis : int, default -1
+    out : ndarray, optional
+        Buffer of x's shape without ``axis``, x's dtype, C-contiguous.
+
+    Returns
+    -------
+    ndarray (a numpy scalar for 1-D input); ``out`` if given. An empty axis
+    gives -inf.
+    """
+    return _rowwise(x, axis, out, "logsumexp_rows", keep_axis=False)
