@@ -5,6 +5,7 @@ Every check runs before any kernel writes, so a raised error leaves the
 caller's inputs and buffers untouched.
 """
 
+import math
 import operator
 import threading
 from dataclasses import dataclass
@@ -192,9 +193,9 @@ def _denominator(p):
     return float(p.logits.shape[0])
 
 
-def _finish(p, total, row_loss, denominator):
+def _finish(p, total, row_loss, denominator, out=None):
     if p.reduction == "none":
-        return row_loss.reshape(p.shape[:-1])
+        return out if out is not None else row_loss.reshape(p.shape[:-1])
     with np.errstate(divide="ignore", invalid="ignore"):
         return p.dtype.type(np.float64(total) / np.float64(denominator))
 
@@ -206,20 +207,20 @@ def check_loss_out(p, out):
     if p.reduction != "none":
         raise ValueError(f"out is only valid with reduction='none', got reduction={p.reduction!r}")
     check_buffer(out, "out", p.shape[:-1], p.dtype)
-    _check_no_overlap(out, "out", [("logits", p.logits), ("target", p.target), ("weight", p.weight)])
-    return out.reshape(-1)
+    _check_no_overlap(out, "out", [("logits", p.source), ("target", p.target), ("weight", p.weight)])
+    return out
 
 
 def _row_loss_buffer(p, out):
     n = p.logits.shape[0]
     if out is not None:
-        return out
+        return out.reshape(-1)
     if p.reduction == "none":
         return np.empty(n, dtype=p.dtype)
     return _row_scratch(n, p.dtype)
 
 
-def fused(p, grad, row_loss):
+def fused(p, grad, row_loss, out=None):
     """Run the fused kernel: gradient into ``grad`` (may be the logits), losses into ``row_loss``.
 
     ``grad`` has the caller's logits shape; returns the loss as the API does.
@@ -242,7 +243,7 @@ def fused(p, grad, row_loss):
         else:
             pair = (kernels.xent_probs_fused, kernels.xent_probs_fused_serial)
         total = _threading.run(*pair, n_elements, p.logits, p.target, *common, grad2d, row_loss)
-    return _finish(p, total, row_loss, denominator)
+    return _finish(p, total, row_loss, denominator, out)
 
 
 def check_grad_out(p, grad_out, out):
@@ -295,7 +296,7 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     else:
         pair = (kernels.xent_probs_loss, kernels.xent_probs_loss_serial)
     total = _threading.run(*pair, p.logits.size, p.logits, p.target, *common, row_loss)
-    return _finish(p, total, row_loss, denominator)
+    return _finish(p, total, row_loss, denominator, out)
 
 
 cross_entropy.__doc__ = (
@@ -323,7 +324,7 @@ def cross_entropy_with_grad(
         grad_out = np.empty(p.shape, dtype=p.dtype)
     else:
         check_grad_out(p, grad_out, out)
-    loss = fused(p, grad_out, _row_loss_buffer(p, out))
+    loss = fused(p, grad_out, _row_loss_buffer(p, out), out)
     return loss, grad_out
 
 
@@ -392,7 +393,8 @@ def _rowwise(x, axis, out, name, keep_axis):
             _check_no_overlap(out, "out", [("x", x)])
     moved = np.moveaxis(x, axis, -1)
     n_classes = moved.shape[-1]
-    x2d = np.ascontiguousarray(moved).reshape(-1, n_classes)
+    n_rows = math.prod(moved.shape[:-1])
+    x2d = np.ascontiguousarray(moved).reshape(n_rows, n_classes)
     direct = out is not None and (axis == x.ndim - 1 or not keep_axis)
     if direct:
         result = out

@@ -1,0 +1,14 @@
+import numpy as np
+import pytest
+
+DTYPES = [np.float32, np.float64]
+
+
+def tolerances(dtype):
+    """(rtol, atol) for comparing a result of this dtype with the float64 reference."""
+    return (2e-5, 2e-6) if dtype == np.float32 else (1e-11, 1e-13)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261128)

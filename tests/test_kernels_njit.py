@@ -1,0 +1,108 @@
+"""The kernel layer called from a user's own @njit code."""
+
+import numpy as np
+import pytest
+from numba import njit, prange
+
+import fastxent as fx
+from fastxent import kernels
+import reference as ref
+
+
+@njit
+def user_training_step(logits, labels, grad, row_loss):
+    n = logits.shape[0]
+    no_weight = logits[0, :0]  # an empty array of the logits' dtype means "unweighted"
+    total = kernels.xent_labels_fused_serial(logits, labels, no_weight, -100, 0.0, 1.0 / n, grad, row_loss)
+    return total / n
+
+
+@njit(parallel=True)
+def user_simulation(logits_batches, labels, out):
+    # a user's own parallel loop calling serial kernels on independent slices
+    for b in prange(logits_batches.shape[0]):
+        rows = np.empty(logits_batches.shape[1])
+        out[b] = kernels.xent_labels_loss_serial(logits_batches[b], labels[b], kernels.NO_WEIGHT, -100, 0.1, rows)
+
+
+@njit
+def user_log_softmax(x, out):
+    kernels.log_softmax_rows_serial(x, out)
+    kernels.softmax_rows(x, out)  # the parallel kernels are callable too
+    s = np.empty(x.shape[0])
+    kernels.logsumexp_rows(x, s)
+    return s
+
+
+def test_fused_from_user_njit(rng):
+    logits = rng.standard_normal((16, 9))
+    labels = rng.integers(0, 9, 16)
+    grad = np.empty_like(logits)
+    rows = np.empty(16)
+    loss = user_training_step(logits, labels, grad, rows)
+    want_loss, want_grad = ref.cross_entropy_with_grad(logits, labels)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-15)
+
+
+def test_from_user_parallel_loop(rng):
+    logits = rng.standard_normal((4, 8, 6))
+    labels = rng.integers(0, 6, (4, 8))
+    out = np.empty(4)
+    user_simulation(logits, labels, out)
+    for b in range(4):
+        np.testing.assert_allclose(out[b], ref.cross_entropy_with_grad(logits[b], labels[b], reduction="sum", label_smoothing=0.1)[0], rtol=1e-12)
+
+
+def test_primitives_from_user_njit(rng):
+    x = rng.standard_normal((5, 7))
+    out = np.empty_like(x)
+    lse = user_log_softmax(x, out)
+    np.testing.assert_allclose(out, fx.softmax(x), rtol=1e-14)
+    np.testing.assert_allclose(lse, fx.logsumexp(x), rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_pairs_agree_bitwise(rng, dtype):
+    """Serial twins, parallel kernels and in-place kernels give identical bits."""
+    logits = rng.standard_normal((64, 33)).astype(dtype)
+    labels = rng.integers(0, 33, 64)
+    probs = rng.dirichlet(np.ones(33), 64).astype(dtype)
+    w = (rng.random(33) + 0.5).astype(dtype)
+    results = []
+    for fused, inplace in [
+        (kernels.xent_labels_fused, kernels.xent_labels_fused_inplace),
+        (kernels.xent_labels_fused_serial, kernels.xent_labels_fused_inplace_serial),
+    ]:
+        g, r = np.empty_like(logits), np.empty(64, dtype)
+        t = fused(logits, labels, w, -100, 0.1, 1 / 64, g, r)
+        x = logits.copy()
+        r2 = np.empty(64, dtype)
+        t2 = inplace(x, labels, w, -100, 0.1, 1 / 64, r2)
+        np.testing.assert_array_equal(g, x)
+        np.testing.assert_array_equal(r, r2)
+        assert t == t2
+        results.append((g, r, t))
+    for fused, inplace in [
+        (kernels.xent_probs_fused, kernels.xent_probs_fused_inplace),
+        (kernels.xent_probs_fused_serial, kernels.xent_probs_fused_inplace_serial),
+    ]:
+        g, r = np.empty_like(logits), np.empty(64, dtype)
+        t = fused(logits, probs, w, 0.1, 1 / 64, g, r)
+        x = logits.copy()
+        r2 = np.empty(64, dtype)
+        assert inplace(x, probs, w, 0.1, 1 / 64, r2) == t
+        np.testing.assert_array_equal(g, x)
+        results.append((g, r, t))
+    for a, b in [(results[0], results[1]), (results[2], results[3])]:
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        assert a[2] == b[2]
+
+
+def test_validation_helpers():
+    labels = np.array([0, 4, -100, 2])
+    assert kernels.first_invalid_label(labels, 5, -100) == -1
+    assert kernels.first_invalid_label(labels, 4, -100) == 1
+    assert kernels.labels_mean_denominator(labels, np.array([1.0, 2, 3, 4, 5]), -100) == 1 + 5 + 3
+    assert kernels.labels_mean_denominator(labels, kernels.NO_WEIGHT, -100) == 3
