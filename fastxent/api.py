@@ -58,11 +58,12 @@ def check_buffer(buf, name, shape, dtype):
 
 
 def _same_buffer(a, b):
-    return (
-        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-        and a.shape == b.shape
-        and a.strides == b.strides
-    )
+    """True when a and b are views of exactly the same elements."""
+    if a is b:
+        return True
+    if a.shape != b.shape or a.strides != b.strides or not np.may_share_memory(a, b):
+        return False
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
 
 
 def _check_no_overlap(buf, name, others):
@@ -172,10 +173,12 @@ _scratch = threading.local()
 
 
 def _row_scratch(n, dtype):
-    buf = getattr(_scratch, dtype.name, None)
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    buf = buffers.get(dtype.char)
     if buf is None or buf.shape[0] < n:
-        buf = np.empty(max(n, 1), dtype=dtype)
-        setattr(_scratch, dtype.name, buf)
+        buf = buffers[dtype.char] = np.empty(max(n, 1), dtype=dtype)
     return buf[:n]
 
 
@@ -193,11 +196,20 @@ def _denominator(p):
     return float(p.logits.shape[0])
 
 
+def _divide(a, b):
+    """IEEE a / b for Python floats (np.errstate costs microseconds per call)."""
+    a, b = float(a), float(b)
+    if b != 0.0:
+        return a / b
+    if a != a or a == 0.0:
+        return math.nan
+    return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
 def _finish(p, total, row_loss, denominator, out=None):
     if p.reduction == "none":
         return out if out is not None else row_loss.reshape(p.shape[:-1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return p.dtype.type(np.float64(total) / np.float64(denominator))
+    return p.dtype.type(_divide(total, denominator))
 
 
 def check_loss_out(p, out):
@@ -226,8 +238,7 @@ def fused(p, grad, row_loss, out=None):
     ``grad`` has the caller's logits shape; returns the loss as the API does.
     """
     denominator = _denominator(p)
-    with np.errstate(divide="ignore"):
-        scale = 1.0 / np.float64(denominator)
+    scale = _divide(1.0, denominator)
     n_elements = p.logits.size
     common = (p.weight,) + ((p.ignore_index,) if p.labels else ()) + (p.label_smoothing, scale)
     grad2d = grad.reshape(p.logits.shape)

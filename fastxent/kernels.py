@@ -53,39 +53,42 @@ NO_WEIGHT = np.empty(0, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------
-# Row helpers: one row (1-D contiguous view) in, scalars out.
+# Row helpers: row i of 2-D C-contiguous arrays in, scalars out.
+# They index the 2-D arrays instead of taking row views: a view is a new
+# array object whose reference count is updated atomically, from every
+# thread, on the shared parent (measured: most of the per-row cost at C=10).
 # --------------------------------------------------------------------------
 
 
 @njit(**_config.ROW_REDUCE)
-def _row_max(x):
-    m = x[0]
-    for c in range(1, x.shape[0]):
-        m = maxnum(m, x[c])
+def _row_max(x, i):
+    m = x[i, 0]
+    for c in range(1, x.shape[1]):
+        m = maxnum(m, x[i, c])
     return m
 
 
 @njit(**_config.ROW_REDUCE)
-def _row_sum_exp(x, m):
+def _row_sum_exp(x, i, m):
     s = cast_like(x, 0.0)
-    for c in range(x.shape[0]):
-        s += fast_exp(x[c] - m)
+    for c in range(x.shape[1]):
+        s += fast_exp(x[i, c] - m)
     return s
 
 
 @njit(**_config.ROW_REDUCE)
-def _row_exp_store(x, m, e):
+def _row_exp_store(x, i, m, e):
     """e = exp(x - m), returns sum(e). ``e`` may be ``x`` (in place)."""
     s = cast_like(x, 0.0)
-    for c in range(x.shape[0]):
-        v = fast_exp(x[c] - m)
-        e[c] = v
+    for c in range(x.shape[1]):
+        v = fast_exp(x[i, c] - m)
+        e[i, c] = v
         s += v
     return s
 
 
 @njit(**_config.ROW_REDUCE)
-def _row_exp_inplace(x, m):
+def _row_exp_inplace(x, i, m):
     """x = exp(x - m), returns sum(x).
 
     A one-array twin of `_row_exp_store`: with two array arguments LLVM
@@ -94,28 +97,28 @@ def _row_exp_inplace(x, m):
     (measured 6x slower).
     """
     s = cast_like(x, 0.0)
-    for c in range(x.shape[0]):
-        v = fast_exp(x[c] - m)
-        x[c] = v
+    for c in range(x.shape[1]):
+        v = fast_exp(x[i, c] - m)
+        x[i, c] = v
         s += v
     return s
 
 
 @njit(**_config.ROW_REDUCE)
-def _row_weighted_shift_sum(x, m, weight):
+def _row_weighted_shift_sum(x, i, m, weight):
     """sum_c w_c * (x_c - m), with w = 1 when ``weight`` is empty."""
     s = cast_like(x, 0.0)
     if weight.shape[0] == 0:
-        for c in range(x.shape[0]):
-            s += x[c] - m
+        for c in range(x.shape[1]):
+            s += x[i, c] - m
     else:
-        for c in range(x.shape[0]):
-            s += cast_like(x, weight[c]) * (x[c] - m)
+        for c in range(x.shape[1]):
+            s += cast_like(x, weight[c]) * (x[i, c] - m)
     return s
 
 
 @njit(**_config.ROW_REDUCE)
-def _row_target_dot(x, m, t, weight, keep, spread):
+def _row_target_dot(x, i, m, t, weight, keep, spread):
     """Returns (sum_c q_c (x_c - m), sum_c q_c), q_c = (keep t_c + spread) w_c.
 
     A class with q_c == 0 contributes nothing even if x_c is -inf.
@@ -124,42 +127,42 @@ def _row_target_dot(x, m, t, weight, keep, spread):
     dot = zero
     total = zero
     weighted = weight.shape[0] != 0
-    for c in range(x.shape[0]):
-        q = keep * t[c] + spread
+    for c in range(x.shape[1]):
+        q = keep * t[i, c] + spread
         if weighted:
             q *= cast_like(x, weight[c])
-        d = q * (x[c] - m)
+        d = q * (x[i, c] - m)
         dot += d if q != zero else zero
         total += q
     return dot, total
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _row_affine(g, a, b, weight):
+def _row_affine(g, i, a, b, weight):
     """g_c = a * g_c - b * w_c (w = 1 when ``weight`` is empty)."""
     if weight.shape[0] == 0:
-        for c in range(g.shape[0]):
-            g[c] = a * g[c] - b
+        for c in range(g.shape[1]):
+            g[i, c] = a * g[i, c] - b
     else:
-        for c in range(g.shape[0]):
-            g[c] = a * g[c] - b * cast_like(g, weight[c])
+        for c in range(g.shape[1]):
+            g[i, c] = a * g[i, c] - b * cast_like(g, weight[c])
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _row_probs_grad(g, t, weight, keep, spread, a, b):
+def _row_probs_grad(g, i, t, weight, keep, spread, a, b):
     """g_c = a * g_c - b * q_c, q_c = (keep t_c + spread) w_c."""
     if weight.shape[0] == 0:
-        for c in range(g.shape[0]):
-            g[c] = a * g[c] - b * (keep * t[c] + spread)
+        for c in range(g.shape[1]):
+            g[i, c] = a * g[i, c] - b * (keep * t[i, c] + spread)
     else:
-        for c in range(g.shape[0]):
-            g[c] = a * g[c] - b * ((keep * t[c] + spread) * cast_like(g, weight[c]))
+        for c in range(g.shape[1]):
+            g[i, c] = a * g[i, c] - b * ((keep * t[i, c] + spread) * cast_like(g, weight[c]))
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _row_zero(g):
-    for c in range(g.shape[0]):
-        g[c] = cast_like(g, 0.0)
+def _row_zero(g, i):
+    for c in range(g.shape[1]):
+        g[i, c] = cast_like(g, 0.0)
 
 
 @njit(**_config.ROW_ELEMENTWISE)
@@ -173,17 +176,17 @@ def _class_weight_sum(logits, weight):
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _row_exps(x, m, g, with_grad, inplace):
+def _row_exps(x, i, m, g, with_grad, inplace):
     """sum_c exp(x_c - m); the exps also go into g (or x) when asked."""
     if not with_grad:
-        return _row_sum_exp(x, m)
+        return _row_sum_exp(x, i, m)
     if inplace:
-        return _row_exp_inplace(x, m)
-    return _row_exp_store(x, m, g)
+        return _row_exp_inplace(x, i, m)
+    return _row_exp_store(x, i, m, g)
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _labels_row(x, y, weight, ignore_index, smoothing, weight_sum, scale, g, with_grad, inplace):
+def _labels_row(x, i, y, weight, ignore_index, smoothing, weight_sum, scale, g, with_grad, inplace):
     """Loss of one row with a class-index target; gradient into g if asked
     (``inplace``: g is x).
 
@@ -194,18 +197,18 @@ def _labels_row(x, y, weight, ignore_index, smoothing, weight_sum, scale, g, wit
     zero = cast_like(x, 0.0)
     if y == ignore_index:
         if with_grad:
-            _row_zero(g)
+            _row_zero(g, i)
         return zero
-    n = x.shape[0]
+    n = x.shape[1]
     keep = cast_like(x, 1.0) - smoothing
     spread = smoothing / cast_like(x, n)
-    m = _row_max(x)
+    m = _row_max(x, i)
     # Read everything that needs the raw logits before g (maybe x) is written.
-    x_y = x[y]
+    x_y = x[i, y]
     shift_sum = zero
     if smoothing != zero:
-        shift_sum = _row_weighted_shift_sum(x, m, weight)
-    s = _row_exps(x, m, g, with_grad, inplace)
+        shift_sum = _row_weighted_shift_sum(x, i, m, weight)
+    s = _row_exps(x, i, m, g, with_grad, inplace)
     log_s = cast_like(x, math.log(s))
     w_y = cast_like(x, 1.0) if weight.shape[0] == 0 else cast_like(x, weight[y])
     loss = keep * w_y * ((m - x_y) + log_s)
@@ -213,29 +216,29 @@ def _labels_row(x, y, weight, ignore_index, smoothing, weight_sum, scale, g, wit
         loss += spread * (weight_sum * log_s - shift_sum)
     if with_grad:
         row_mass = keep * w_y + spread * weight_sum
-        _row_affine(g, scale * row_mass / s, scale * spread, weight)
-        g[y] -= scale * keep * w_y
+        _row_affine(g, i, scale * row_mass / s, scale * spread, weight)
+        g[i, y] -= scale * keep * w_y
     return loss
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _probs_row(x, t, weight, smoothing, scale, g, with_grad, inplace):
+def _probs_row(x, i, t, weight, smoothing, scale, g, with_grad, inplace):
     """Loss of one row with a probability target; gradient into g if asked
     (``inplace``: g is x).
 
     Loss: -sum_c q_c log p_c, q_c = ((1 - eps) t_c + eps / C) w_c.
     Gradient: scale * (W p - q), W = sum_c q_c.
     """
-    n = x.shape[0]
+    n = x.shape[1]
     keep = cast_like(x, 1.0) - smoothing
     spread = smoothing / cast_like(x, n)
-    m = _row_max(x)
-    dot, row_mass = _row_target_dot(x, m, t, weight, keep, spread)
-    s = _row_exps(x, m, g, with_grad, inplace)
+    m = _row_max(x, i)
+    dot, row_mass = _row_target_dot(x, i, m, t, weight, keep, spread)
+    s = _row_exps(x, i, m, g, with_grad, inplace)
     log_s = cast_like(x, math.log(s))
     loss = row_mass * log_s - dot
     if with_grad:
-        _row_probs_grad(g, t, weight, keep, spread, scale * row_mass / s, scale)
+        _row_probs_grad(g, i, t, weight, keep, spread, scale * row_mass / s, scale)
     return loss
 
 
@@ -279,7 +282,7 @@ def xent_labels_fused(logits, labels, weight, ignore_index, label_smoothing, gra
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
     for i in prange(logits.shape[0]):
-        row_loss[i] = _labels_row(logits[i], labels[i], weight, ignore_index, eps, wsum, scale, grad[i], True, False)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, scale, grad, True, False)
     return _sum_rows(row_loss)
 
 
@@ -290,7 +293,7 @@ def xent_labels_fused_serial(logits, labels, weight, ignore_index, label_smoothi
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
     for i in range(logits.shape[0]):
-        row_loss[i] = _labels_row(logits[i], labels[i], weight, ignore_index, eps, wsum, scale, grad[i], True, False)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, scale, grad, True, False)
     return _sum_rows(row_loss)
 
 
@@ -305,8 +308,7 @@ def xent_labels_fused_inplace(logits, labels, weight, ignore_index, label_smooth
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
     for i in prange(logits.shape[0]):
-        row = logits[i]
-        row_loss[i] = _labels_row(row, labels[i], weight, ignore_index, eps, wsum, scale, row, True, True)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, scale, logits, True, True)
     return _sum_rows(row_loss)
 
 
@@ -317,8 +319,7 @@ def xent_labels_fused_inplace_serial(logits, labels, weight, ignore_index, label
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
     for i in range(logits.shape[0]):
-        row = logits[i]
-        row_loss[i] = _labels_row(row, labels[i], weight, ignore_index, eps, wsum, scale, row, True, True)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, scale, logits, True, True)
     return _sum_rows(row_loss)
 
 
@@ -333,8 +334,7 @@ def xent_labels_loss(logits, labels, weight, ignore_index, label_smoothing, row_
     wsum = _class_weight_sum(logits, weight)
     one = cast_like(logits, 1.0)
     for i in prange(logits.shape[0]):
-        row = logits[i]
-        row_loss[i] = _labels_row(row, labels[i], weight, ignore_index, eps, wsum, one, row, False, False)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, one, logits, False, False)
     return _sum_rows(row_loss)
 
 
@@ -345,8 +345,7 @@ def xent_labels_loss_serial(logits, labels, weight, ignore_index, label_smoothin
     wsum = _class_weight_sum(logits, weight)
     one = cast_like(logits, 1.0)
     for i in range(logits.shape[0]):
-        row = logits[i]
-        row_loss[i] = _labels_row(row, labels[i], weight, ignore_index, eps, wsum, one, row, False, False)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, one, logits, False, False)
     return _sum_rows(row_loss)
 
 
@@ -376,7 +375,7 @@ def xent_probs_fused(logits, target, weight, label_smoothing, grad_scale, grad, 
     eps = cast_like(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     for i in prange(logits.shape[0]):
-        row_loss[i] = _probs_row(logits[i], target[i], weight, eps, scale, grad[i], True, False)
+        row_loss[i] = _probs_row(logits, i, target, weight, eps, scale, grad, True, False)
     return _sum_rows(row_loss)
 
 
@@ -386,7 +385,7 @@ def xent_probs_fused_serial(logits, target, weight, label_smoothing, grad_scale,
     eps = cast_like(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     for i in range(logits.shape[0]):
-        row_loss[i] = _probs_row(logits[i], target[i], weight, eps, scale, grad[i], True, False)
+        row_loss[i] = _probs_row(logits, i, target, weight, eps, scale, grad, True, False)
     return _sum_rows(row_loss)
 
 
@@ -396,8 +395,7 @@ def xent_probs_fused_inplace(logits, target, weight, label_smoothing, grad_scale
     eps = cast_like(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     for i in prange(logits.shape[0]):
-        row = logits[i]
-        row_loss[i] = _probs_row(row, target[i], weight, eps, scale, row, True, True)
+        row_loss[i] = _probs_row(logits, i, target, weight, eps, scale, logits, True, True)
     return _sum_rows(row_loss)
 
 
@@ -407,8 +405,7 @@ def xent_probs_fused_inplace_serial(logits, target, weight, label_smoothing, gra
     eps = cast_like(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     for i in range(logits.shape[0]):
-        row = logits[i]
-        row_loss[i] = _probs_row(row, target[i], weight, eps, scale, row, True, True)
+        row_loss[i] = _probs_row(logits, i, target, weight, eps, scale, logits, True, True)
     return _sum_rows(row_loss)
 
 
@@ -418,8 +415,7 @@ def xent_probs_loss(logits, target, weight, label_smoothing, row_loss):
     eps = cast_like(logits, label_smoothing)
     one = cast_like(logits, 1.0)
     for i in prange(logits.shape[0]):
-        row = logits[i]
-        row_loss[i] = _probs_row(row, target[i], weight, eps, one, row, False, False)
+        row_loss[i] = _probs_row(logits, i, target, weight, eps, one, logits, False, False)
     return _sum_rows(row_loss)
 
 
@@ -429,8 +425,7 @@ def xent_probs_loss_serial(logits, target, weight, label_smoothing, row_loss):
     eps = cast_like(logits, label_smoothing)
     one = cast_like(logits, 1.0)
     for i in range(logits.shape[0]):
-        row = logits[i]
-        row_loss[i] = _probs_row(row, target[i], weight, eps, one, row, False, False)
+        row_loss[i] = _probs_row(logits, i, target, weight, eps, one, logits, False, False)
     return _sum_rows(row_loss)
 
 
@@ -471,65 +466,65 @@ def first_invalid_label(labels, n_classes, ignore_index):
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _log_softmax_row(x, out):
-    m = _row_max(x)
-    log_s = cast_like(x, math.log(_row_sum_exp(x, m)))
-    for c in range(x.shape[0]):
-        out[c] = (x[c] - m) - log_s
+def _log_softmax_row(x, i, out):
+    m = _row_max(x, i)
+    log_s = cast_like(x, math.log(_row_sum_exp(x, i, m)))
+    for c in range(x.shape[1]):
+        out[i, c] = (x[i, c] - m) - log_s
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _softmax_row(x, out):
-    m = _row_max(x)
-    s = _row_exp_store(x, m, out)
+def _softmax_row(x, i, out):
+    m = _row_max(x, i)
+    s = _row_exp_store(x, i, m, out)
     inv = cast_like(x, 1.0) / s
-    for c in range(x.shape[0]):
-        out[c] *= inv
+    for c in range(x.shape[1]):
+        out[i, c] *= inv
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _logsumexp_row(x):
-    m = _row_max(x)
-    return m + cast_like(x, math.log(_row_sum_exp(x, m)))
+def _logsumexp_row(x, i):
+    m = _row_max(x, i)
+    return m + cast_like(x, math.log(_row_sum_exp(x, i, m)))
 
 
 @njit(**_config.PARALLEL)
 def log_softmax_rows(x, out):
     """out[i] = log_softmax(x[i]) for a 2-D C-contiguous x; out may be x."""
     for i in prange(x.shape[0]):
-        _log_softmax_row(x[i], out[i])
+        _log_softmax_row(x, i, out)
 
 
 @njit(**_config.SERIAL)
 def log_softmax_rows_serial(x, out):
     """Serial twin of `log_softmax_rows`."""
     for i in range(x.shape[0]):
-        _log_softmax_row(x[i], out[i])
+        _log_softmax_row(x, i, out)
 
 
 @njit(**_config.PARALLEL)
 def softmax_rows(x, out):
     """out[i] = softmax(x[i]) for a 2-D C-contiguous x; out may be x."""
     for i in prange(x.shape[0]):
-        _softmax_row(x[i], out[i])
+        _softmax_row(x, i, out)
 
 
 @njit(**_config.SERIAL)
 def softmax_rows_serial(x, out):
     """Serial twin of `softmax_rows`."""
     for i in range(x.shape[0]):
-        _softmax_row(x[i], out[i])
+        _softmax_row(x, i, out)
 
 
 @njit(**_config.PARALLEL)
 def logsumexp_rows(x, out):
     """out[i] = log(sum(exp(x[i]))) for a 2-D C-contiguous x, out of shape (N,)."""
     for i in prange(x.shape[0]):
-        out[i] = _logsumexp_row(x[i])
+        out[i] = _logsumexp_row(x, i)
 
 
 @njit(**_config.SERIAL)
 def logsumexp_rows_serial(x, out):
     """Serial twin of `logsumexp_rows`."""
     for i in range(x.shape[0]):
-        out[i] = _logsumexp_row(x[i])
+        out[i] = _logsumexp_row(x, i)
