@@ -36,6 +36,8 @@ _NO_WEIGHT = {dt: np.empty(0, dtype=dt) for dt in _FLOATS}
 
 def _as_float_array(x, name):
     x = np.asarray(x)
+    if x.dtype.kind == "f" and not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))  # byte-swapped data: one converted copy
     if x.dtype not in _FLOATS:
         raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}")
     if x.ndim == 0:

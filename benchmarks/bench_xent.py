@@ -1,0 +1,223 @@
+"""asv benchmarks, organised by what the users do.
+
+``time_*`` benchmarks compile in ``setup`` (asv runs setup before timing),
+so no timed body includes the JIT. ``track_speedup_*`` report ratios of
+interleaved medians, which stay comparable across machines; a regression
+shows up as a falling ratio.
+"""
+
+import tracemalloc
+
+import numpy as np
+
+import fastxent as fx
+from fastxent._timing import interleaved_medians
+from fastxent.baseline import numpy_log_softmax, numpy_xent, numpy_xent_with_grad, onehot
+
+from .common import DTYPES, SHAPES, make_inputs
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = None
+
+
+class TrainingStep:
+    """Loss + gradient of a batch, the training-script user."""
+
+    params = (DTYPES, SHAPES)
+    param_names = ["dtype", "shape"]
+
+    def setup(self, dtype, shape):
+        self.logits, self.labels, self.probs = make_inputs(dtype, shape)
+        self.grad = np.empty_like(self.logits)
+        self.scratch = self.logits.copy()
+        self.onehot = onehot(self.labels, self.logits.shape[1], self.logits.dtype)
+        self.loss_fn = fx.CrossEntropyLoss()
+        # compile and warm every path timed below
+        self.time_fused_labels(dtype, shape)
+        self.time_fused_probs(dtype, shape)
+        self.time_fused_inplace(dtype, shape)
+        self.time_loss_only(dtype, shape)
+        self.time_log_softmax(dtype, shape)
+        self.time_class_forward_backward(dtype, shape)
+
+    def time_fused_labels(self, dtype, shape):
+        fx.cross_entropy_with_grad(self.logits, self.labels, grad_out=self.grad)
+
+    def time_fused_probs(self, dtype, shape):
+        fx.cross_entropy_with_grad(self.logits, self.probs, grad_out=self.grad)
+
+    def time_fused_inplace(self, dtype, shape):
+        # re-running on its own output is fine for timing: rows stay finite
+        fx.cross_entropy_with_grad(self.scratch, self.labels, grad_out=self.scratch)
+
+    def time_loss_only(self, dtype, shape):
+        fx.cross_entropy(self.logits, self.labels)
+
+    def time_log_softmax(self, dtype, shape):
+        fx.log_softmax(self.logits, out=self.grad)
+
+    def time_class_forward_backward(self, dtype, shape):
+        self.loss_fn(self.logits, self.labels)
+        self.loss_fn.backward()
+
+    def time_copy_floor(self, dtype, shape):
+        """np.copyto of the logits: the memory-bandwidth floor."""
+        np.copyto(self.grad, self.logits)
+
+
+class NumpyBaseline:
+    """The source notes' plain NumPy implementation (one-hot targets)."""
+
+    params = (DTYPES, SHAPES)
+    param_names = ["dtype", "shape"]
+
+    def setup(self, dtype, shape):
+        self.logits, labels, _ = make_inputs(dtype, shape)
+        self.onehot = onehot(labels, self.logits.shape[1], self.logits.dtype)
+
+    def time_numpy_fused(self, dtype, shape):
+        numpy_xent_with_grad(self.logits, self.onehot)
+
+    def time_numpy_loss_only(self, dtype, shape):
+        numpy_xent(self.logits, self.onehot)
+
+    def time_numpy_log_softmax(self, dtype, shape):
+        numpy_log_softmax(self.logits)
+
+
+class Speedup:
+    """Ratios of interleaved medians: how many times faster fastxent is."""
+
+    params = (DTYPES, SHAPES)
+    param_names = ["dtype", "shape"]
+    unit = "ratio"
+    timeout = 600
+
+    def setup(self, dtype, shape):
+        self.logits, self.labels, _ = make_inputs(dtype, shape)
+        self.onehot = onehot(self.labels, self.logits.shape[1], self.logits.dtype)
+        self.grad = np.empty_like(self.logits)
+        self.scratch = self.logits.copy()
+        fx.cross_entropy_with_grad(self.logits, self.labels, grad_out=self.grad)
+        fx.cross_entropy_with_grad(self.scratch, self.labels, grad_out=self.scratch)
+
+    def _fused(self):
+        fx.cross_entropy_with_grad(self.logits, self.labels, grad_out=self.grad)
+
+    def track_speedup_vs_numpy(self, dtype, shape):
+        t = interleaved_medians({"fx": self._fused, "np": lambda: numpy_xent_with_grad(self.logits, self.onehot)}, rounds=5)
+        return t["np"] / t["fx"]
+
+    def track_speedup_vs_torch(self, dtype, shape):
+        if torch is None:
+            raise NotImplementedError("torch is not installed")
+        tx = torch.from_numpy(self.logits).requires_grad_()
+        ty = torch.from_numpy(self.labels)
+
+        def torch_step():
+            tx.grad = None
+            F.cross_entropy(tx, ty).backward()
+
+        t = interleaved_medians({"fx": self._fused, "torch": torch_step}, rounds=5)
+        return t["torch"] / t["fx"]
+
+    def track_inplace_over_copy(self, dtype, shape):
+        """In-place fused time over np.copyto time (1.0 = the memory floor)."""
+        t = interleaved_medians(
+            {
+                "inplace": lambda: fx.cross_entropy_with_grad(self.scratch, self.labels, grad_out=self.scratch),
+                "copy": lambda: np.copyto(self.grad, self.logits),
+            },
+            rounds=5,
+        )
+        return t["inplace"] / t["copy"]
+
+
+class SimulationCall:
+    """Many small calls, the simulation user: from Python and from @njit code."""
+
+    def setup(self):
+        from numba import njit
+
+        from fastxent import kernels
+
+        rng = np.random.default_rng(0)
+        self.logits = rng.standard_normal((32, 10))
+        self.labels = rng.integers(0, 10, 32)
+        self.grad = np.empty_like(self.logits)
+        self.rows = np.empty(32)
+
+        @njit
+        def thousand_steps(logits, labels, grad, rows):
+            total = 0.0
+            for _ in range(1000):
+                total += kernels.xent_labels_fused_serial(logits, labels, kernels.NO_WEIGHT, -100, 0.0, 1 / 32, grad, rows)
+            return total
+
+        self.thousand_steps = thousand_steps
+        thousand_steps(self.logits, self.labels, self.grad, self.rows)
+        self.time_python_call()
+
+    def time_python_call(self):
+        """One validated fused call of a 32 x 10 batch from Python."""
+        fx.cross_entropy_with_grad(self.logits, self.labels, grad_out=self.grad)
+
+    def time_njit_1000_kernel_calls(self):
+        """1000 kernel calls on 32 x 10 from user @njit code (divide by 1000)."""
+        self.thousand_steps(self.logits, self.labels, self.grad, self.rows)
+
+
+class Memory:
+    """The fused call allocates nothing of the input's size."""
+
+    params = (["float32"], ["512x32000"])
+    param_names = ["dtype", "shape"]
+
+    def setup(self, dtype, shape):
+        self.logits, self.labels, _ = make_inputs(dtype, shape)
+        self.grad = np.empty_like(self.logits)
+        self.onehot = onehot(self.labels, self.logits.shape[1], self.logits.dtype)
+        fx.cross_entropy_with_grad(self.logits, self.labels, grad_out=self.grad)
+
+    def peakmem_fused_with_buffer(self, dtype, shape):
+        fx.cross_entropy_with_grad(self.logits, self.labels, grad_out=self.grad)
+
+    def peakmem_copy_into_buffer(self, dtype, shape):
+        """Reference: the inputs and buffer alone (same peak as the fused call)."""
+        np.copyto(self.grad, self.logits)
+
+    def peakmem_numpy_baseline(self, dtype, shape):
+        numpy_xent_with_grad(self.logits, self.onehot)
+
+    def track_bytes_allocated_by_fused_call(self, dtype, shape):
+        """Peak bytes NumPy/Python allocate during one fused call (tracemalloc)."""
+        tracemalloc.start()
+        fx.cross_entropy_with_grad(self.logits, self.labels, grad_out=self.grad)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    track_bytes_allocated_by_fused_call.unit = "bytes"
+
+
+class Compile:
+    """Start-up: a fresh process importing fastxent and making a fused call."""
+
+    timeout = 600
+
+    def timeraw_import_and_first_call_warm_cache(self):
+        return """
+import numpy as np, fastxent
+fastxent.cross_entropy_with_grad(np.zeros((4, 3), np.float32), np.zeros(4, np.int64))
+"""
+
+    def timeraw_import_and_first_call_cold_compile(self):
+        return """
+import os
+os.environ["FASTXENT_CACHE"] = "0"
+import numpy as np, fastxent
+fastxent.cross_entropy_with_grad(np.zeros((4, 3), np.float32), np.zeros(4, np.int64))
+"""
