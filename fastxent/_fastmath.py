@@ -161,8 +161,7 @@ def exp_f64(x):
 
 def fast_exp(x):
     """exp(x) for a float32 or float64 scalar, vectorizable in a loop."""
-    with np.errstate(over="ignore", under="ignore"):
-        return np.exp(x)
+    return exp_f32(x) if isinstance(x, np.float32) else exp_f64(x)
 
 
 @overload(fast_exp)

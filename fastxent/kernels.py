@@ -112,8 +112,10 @@ def _row_weighted_shift_sum(x, i, m, weight):
         for c in range(x.shape[1]):
             s += x[i, c] - m
     else:
+        zero = cast_like(x, 0.0)
         for c in range(x.shape[1]):
-            s += cast_like(x, weight[c]) * (x[i, c] - m)
+            w = cast_like(x, weight[c])
+            s += w * (x[i, c] - m) if w != zero else zero  # 0 * log 0 = 0
     return s
 
 
@@ -211,13 +213,15 @@ def _labels_row(x, i, y, weight, ignore_index, smoothing, weight_sum, scale, g, 
     s = _row_exps(x, i, m, g, with_grad, inplace)
     log_s = cast_like(x, math.log(s))
     w_y = cast_like(x, 1.0) if weight.shape[0] == 0 else cast_like(x, weight[y])
-    loss = keep * w_y * ((m - x_y) + log_s)
+    target_mass = keep * w_y
+    # 0 * log 0 = 0: a zero-mass target class costs nothing even at -inf
+    loss = target_mass * ((m - x_y) + log_s) if target_mass != zero else zero
     if smoothing != zero:
         loss += spread * (weight_sum * log_s - shift_sum)
     if with_grad:
-        row_mass = keep * w_y + spread * weight_sum
+        row_mass = target_mass + spread * weight_sum
         _row_affine(g, i, scale * row_mass / s, scale * spread, weight)
-        g[i, y] -= scale * keep * w_y
+        g[i, y] -= scale * target_mass
     return loss
 
 
@@ -236,7 +240,9 @@ def _probs_row(x, i, t, weight, smoothing, scale, g, with_grad, inplace):
     dot, row_mass = _row_target_dot(x, i, m, t, weight, keep, spread)
     s = _row_exps(x, i, m, g, with_grad, inplace)
     log_s = cast_like(x, math.log(s))
-    loss = row_mass * log_s - dot
+    # 0 * log 0 = 0 again: a row with no target mass costs nothing, even
+    # when its softmax is undefined (the gradient stays NaN there).
+    loss = row_mass * log_s - dot if row_mass != cast_like(x, 0.0) else -dot
     if with_grad:
         _row_probs_grad(g, i, t, weight, keep, spread, scale * row_mass / s, scale)
     return loss

@@ -1,5 +1,15 @@
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Under NUMBA_DISABLE_JIT=1 (the coverage run) kernels run as Python: fewer examples.
+settings.register_profile("coverage", max_examples=8, deadline=None)
+if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+    settings.load_profile("coverage")
+
+large = pytest.mark.large
 
 DTYPES = [np.float32, np.float64]
 

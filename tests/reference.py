@@ -17,7 +17,7 @@ def log_softmax(x):
 
 
 def target_matrix(logits, target, weight, ignore_index, label_smoothing):
-    """(q, denominator of the mean) for either kind of target, in float64."""
+    """(x, q, denominator of the mean, ignored rows) for either kind of target, in float64."""
     x = np.asarray(logits, dtype=np.float64)
     n_classes = x.shape[-1]
     x = x.reshape(-1, n_classes)
@@ -27,6 +27,7 @@ def target_matrix(logits, target, weight, ignore_index, label_smoothing):
     target = np.asarray(target)
     if target.dtype.kind in "iu":
         y = target.reshape(-1).astype(np.int64)
+        ignored = y == ignore_index
         q = np.zeros((n_rows, n_classes))
         denominator = 0.0
         for i in range(n_rows):
@@ -39,17 +40,21 @@ def target_matrix(logits, target, weight, ignore_index, label_smoothing):
         t = target.astype(np.float64).reshape(n_rows, n_classes)
         q = ((1 - eps) * t + eps / n_classes) * w
         denominator = float(n_rows)
-    return x, q, denominator
+        ignored = np.zeros(n_rows, dtype=bool)
+    return x, q, denominator, ignored
 
 
 def cross_entropy_with_grad(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     shape = np.shape(logits)
-    x, q, denominator = target_matrix(logits, target, weight, ignore_index, label_smoothing)
+    x, q, denominator, ignored = target_matrix(logits, target, weight, ignore_index, label_smoothing)
     lp = log_softmax(x)
     with np.errstate(invalid="ignore", over="ignore"):
         terms = np.where(q != 0, -q * lp, 0.0)
         row = terms.sum(axis=1)
         grad = q.sum(axis=1, keepdims=True) * np.exp(lp) - q
+    # An ignored row is out of the loss entirely: zero gradient even when its
+    # logits are not finite (PyTorch's backward can leak a NaN there).
+    grad[ignored] = 0.0
     if reduction == "none":
         return row.reshape(shape[:-1]), grad.reshape(shape)
     if reduction == "sum":

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import DTYPES, tolerances
+from conftest import DTYPES, large, tolerances
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,7 +58,7 @@ OPTIONS = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["labels", "probs"])
-@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (7, 1), (33, 10), (4, 3, 17), (3, 32768)])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (7, 1), (33, 10), (4, 3, 17), pytest.param((3, 32768), marks=large)])
 @pytest.mark.parametrize("opts", OPTIONS, ids=str)
 def test_all_functions_match_reference(rng, dtype, kind, shape, opts):
     opts = dict(opts)
@@ -94,6 +94,7 @@ def test_label_integer_dtypes(rng, label_dtype):
     assert_matches(np.float64, got[1], want[1])
 
 
+@large
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_large_vocabulary_rows(rng, dtype):
     logits, target = make_case(rng, (4, 50257), dtype, "labels", scale=10.0)

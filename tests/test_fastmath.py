@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import large
 from numba import njit
 
 from fastxent._fastmath import fast_exp, maxnum
@@ -21,6 +22,7 @@ def max_all(x):
     return m
 
 
+@large
 @pytest.mark.parametrize(
     "dtype,lo,hi,rtol,flush",
     [(np.float32, -110.0, 100.0, 2e-7, 2.5e-38), (np.float64, -760.0, 720.0, 4e-16, 3.4e-308)],

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 import fastxent as fx
+from conftest import large
+
+pytestmark = large  # parallel-sized arrays and subprocesses throughout
 
 
 def available_layers():
