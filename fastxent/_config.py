@@ -14,9 +14,16 @@ REDUCE_FLAGS = frozenset({"reassoc", "nsz", "contract", "arcp", "afn"})
 
 # Flags for element-wise loops and per-row scalar arithmetic. No ``reassoc``:
 # it would let LLVM rewrite ``(x - max) - log(s)`` as ``x - (max + log(s))``,
-# which loses everything when |x| ~ 1e30, and it would undo the Cody-Waite
-# split inside the polynomial exp.
-ELEMENTWISE_FLAGS = frozenset({"nsz", "contract", "arcp"})
+# which loses everything when |x| ~ 1e30. No ``contract`` either: whether
+# LLVM fuses a multiply-add into an FMA depends on the surrounding code, so
+# a parallel kernel and its serial twin could round differently, and results
+# must not depend on the thread count.
+ELEMENTWISE_FLAGS = frozenset({"nsz", "arcp"})
+
+# The polynomial exp: FMAs make the Cody-Waite reduction and Horner steps
+# more accurate; its instructions are its own, so fusion does not depend on
+# the caller. No ``reassoc``: it would undo the Cody-Waite split.
+EXP_FLAGS = frozenset({"nsz", "contract", "arcp"})
 
 # Compiled kernels are cached on disk next to the sources; set
 # FASTXENT_CACHE=0 to compile in memory only (e.g. on a read-only install).

@@ -24,13 +24,13 @@ from numba import config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._config import ELEMENTWISE_FLAGS
+from ._config import EXP_FLAGS
 
 _JIT = not config.DISABLE_JIT
 # No Numba-level inline="always": that would lower these bodies with the
 # caller's fast-math flags (reassoc undoes Cody-Waite). LLVM still inlines them
 # and keeps their own per-instruction flags.
-_EXP_OPTS = dict(cache=False, fastmath=set(ELEMENTWISE_FLAGS))
+_EXP_OPTS = dict(cache=False, fastmath=set(EXP_FLAGS))
 
 
 def _llvm_call(builder, name, args):
@@ -170,6 +170,68 @@ def _fast_exp_overload(x):
         return lambda x: exp_f32(x)
     if x == types.float64:
         return lambda x: exp_f64(x)
+    return None
+
+
+@njit(**_EXP_OPTS)
+def _exp_nonpositive_f32(x):
+    lo = np.float32(-87.3)  # exp(lo) ~ 1.2e-38 keeps 2**n normal; smaller results flush to 0
+    xc = x if x > lo else lo
+    n = rint(xc * np.float32(1.44269504088896341))
+    r = xc - n * np.float32(0.693359375)
+    r = r - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * (r * r) + r + np.float32(1.0)
+    y = p * exp2_int(n)
+    y = y if x >= lo else np.float32(0.0)
+    return y if x == x else x
+
+
+@njit(**_EXP_OPTS)
+def _exp_nonpositive_f64(x):
+    lo = -708.3  # exp(lo) ~ 2.5e-308 keeps 2**n normal; smaller results flush to 0
+    xc = x if x > lo else lo
+    n = rint(xc * 1.4426950408889634)
+    r = xc - n * 6.93145751953125e-1
+    r = r - n * 1.42860682030941723212e-6
+    p = 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * (r * r) + r + 1.0
+    y = p * exp2_int(n)
+    y = y if x >= lo else 0.0
+    return y if x == x else x
+
+
+def exp_nonpositive(x):
+    """exp(x) for x <= 0 (or NaN): `fast_exp` without the overflow handling.
+
+    The kernels only exponentiate ``x - max(x) <= 0``; dropping the upper
+    clamp and its select shortens the polynomial exp by four vector
+    instructions. Results for x > 0 are unspecified.
+    """
+    return _exp_nonpositive_f32(x) if isinstance(x, np.float32) else _exp_nonpositive_f64(x)
+
+
+@overload(exp_nonpositive)
+def _exp_nonpositive_overload(x):
+    if x == types.float32:
+        return lambda x: _exp_nonpositive_f32(x)
+    if x == types.float64:
+        return lambda x: _exp_nonpositive_f64(x)
     return None
 
 

@@ -46,7 +46,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _config
-from ._fastmath import cast_like, fast_exp, maxnum
+from ._fastmath import cast_like, exp_nonpositive, maxnum
 
 #: Pass as ``weight`` for unweighted classes (float64; its dtype is unused).
 NO_WEIGHT = np.empty(0, dtype=np.float64)
@@ -72,7 +72,7 @@ def _row_max(x, i):
 def _row_sum_exp(x, i, m):
     s = cast_like(x, 0.0)
     for c in range(x.shape[1]):
-        s += fast_exp(x[i, c] - m)
+        s += exp_nonpositive(x[i, c] - m)
     return s
 
 
@@ -81,7 +81,7 @@ def _row_exp_store(x, i, m, e):
     """e = exp(x - m), returns sum(e). ``e`` may be ``x`` (in place)."""
     s = cast_like(x, 0.0)
     for c in range(x.shape[1]):
-        v = fast_exp(x[i, c] - m)
+        v = exp_nonpositive(x[i, c] - m)
         e[i, c] = v
         s += v
     return s
@@ -98,7 +98,7 @@ def _row_exp_inplace(x, i, m):
     """
     s = cast_like(x, 0.0)
     for c in range(x.shape[1]):
-        v = fast_exp(x[i, c] - m)
+        v = exp_nonpositive(x[i, c] - m)
         x[i, c] = v
         s += v
     return s
@@ -177,7 +177,7 @@ def _class_weight_sum(logits, weight):
     return cast_like(logits, s)
 
 
-@njit(**_config.ROW_ELEMENTWISE)
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _row_exps(x, i, m, g, with_grad, inplace):
     """sum_c exp(x_c - m); the exps also go into g (or x) when asked."""
     if not with_grad:
@@ -187,7 +187,7 @@ def _row_exps(x, i, m, g, with_grad, inplace):
     return _row_exp_store(x, i, m, g)
 
 
-@njit(**_config.ROW_ELEMENTWISE)
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _labels_row(x, i, y, weight, ignore_index, smoothing, weight_sum, scale, g, with_grad, inplace):
     """Loss of one row with a class-index target; gradient into g if asked
     (``inplace``: g is x).
@@ -225,7 +225,7 @@ def _labels_row(x, i, y, weight, ignore_index, smoothing, weight_sum, scale, g, 
     return loss
 
 
-@njit(**_config.ROW_ELEMENTWISE)
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _probs_row(x, i, t, weight, smoothing, scale, g, with_grad, inplace):
     """Loss of one row with a probability target; gradient into g if asked
     (``inplace``: g is x).

@@ -5,13 +5,19 @@ import pytest
 from conftest import large
 from numba import njit
 
-from fastxent._fastmath import fast_exp, maxnum
+from fastxent._fastmath import exp_nonpositive, fast_exp, maxnum
 
 
 @njit
 def exp_all(x, out):
     for i in range(x.shape[0]):
         out[i] = fast_exp(x[i])
+
+
+@njit
+def exp_nonpositive_all(x, out):
+    for i in range(x.shape[0]):
+        out[i] = exp_nonpositive(x[i])
 
 
 @njit
@@ -49,3 +55,18 @@ def test_maxnum_reduction(dtype):
     x = np.array([1.0, np.nan, 5.0, -np.inf, 3.0], dtype)
     assert max_all(x) == 5.0  # NaN ignored; the kernels let it reach the row's sum instead
     assert max_all(np.array([-np.inf, -np.inf], dtype)) == -np.inf
+
+
+@pytest.mark.parametrize("dtype,lo,rtol,flush", [(np.float32, -110.0, 2e-7, 1.3e-38), (np.float64, -760.0, 4e-16, 2.6e-308)])
+def test_exp_nonpositive_against_numpy(dtype, lo, rtol, flush):
+    """The kernels' exp, for x - max(x) <= 0."""
+    x = np.concatenate([np.linspace(lo, 0.0, 200_001).astype(dtype), np.array([-np.inf, np.nan, -0.0], dtype)])
+    out = np.empty_like(x)
+    exp_nonpositive_all(x, out)
+    with np.errstate(under="ignore"):
+        want = np.exp(x.astype(np.float64))
+    normal = want >= flush
+    np.testing.assert_allclose(out[normal], want[normal], rtol=rtol, atol=0)
+    small = (want < flush) & ~np.isnan(x)
+    assert np.all(out[small] <= flush)
+    assert out[-3] == 0.0 and np.isnan(out[-2]) and out[-1] == 1.0
