@@ -8,7 +8,6 @@ caller's inputs and buffers untouched.
 import math
 import operator
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_index
@@ -79,33 +78,42 @@ def _labels_array(target, batch_shape):
         raise ValueError(
             f"class-index target must have shape logits.shape[:-1] = {batch_shape}, got {target.shape}"
         )
-    if target.dtype in (np.int32, np.int64):
+    if target.dtype.char in "il" and target.dtype.isnative:  # int32, int64
         return target
     if target.dtype == np.uint64 and target.size and target.max() > np.iinfo(np.int64).max:
         raise ValueError(f"label {target.max()} is out of range")
     return target.astype(np.int64)
 
 
-@dataclass
 class _Problem:
     """Validated inputs, reshaped to the 2-D (rows, classes) form the kernels take."""
 
-    logits: np.ndarray  # (N, C), C-contiguous
-    target: np.ndarray  # (N,) int labels or (N, C) probabilities
-    weight: np.ndarray  # (C,) or empty, logits dtype
-    ignore_index: int
-    reduction: str
-    label_smoothing: float
-    shape: tuple  # the caller's logits shape
-    source: np.ndarray  # the caller's logits (as an array), for the in-place test
+    __slots__ = (
+        "logits",  # (N, C), C-contiguous
+        "target",  # (N,) int labels or (N, C) probabilities
+        "labels",  # True for class-index targets
+        "weight",  # (C,) or empty, logits dtype
+        "ignore_index",
+        "reduction",
+        "label_smoothing",
+        "mean_denominator",  # what "mean" divides the summed row losses by
+        "shape",  # the caller's logits shape
+        "source",  # the caller's logits (as an array), for the in-place test
+        "dtype",
+    )
 
-    @property
-    def labels(self):
-        return self.target.ndim == 1
-
-    @property
-    def dtype(self):
-        return self.logits.dtype
+    def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing, mean_denominator, source):
+        self.logits = logits
+        self.target = target
+        self.labels = target.ndim == 1
+        self.weight = weight
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.mean_denominator = mean_denominator
+        self.shape = source.shape
+        self.source = source
+        self.dtype = logits.dtype
 
 
 def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
@@ -116,7 +124,7 @@ def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
     if n_classes == 0:
         raise ValueError("logits must have at least one class (last axis has length 0)")
     batch_shape = source.shape[:-1]
-    logits2d = np.ascontiguousarray(source).reshape(-1, n_classes)
+    logits2d = (source if source.flags.c_contiguous else np.ascontiguousarray(source)).reshape(-1, n_classes)
     n_rows = logits2d.shape[0]
 
     if reduction not in _REDUCTIONS:
@@ -145,7 +153,7 @@ def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
     target = np.asarray(target)
     if target.dtype.kind in "iu":
         labels = np.ascontiguousarray(_labels_array(target, batch_shape)).reshape(-1)
-        bad = kernels.first_invalid_label(labels, n_classes, ignore_index)
+        bad, mean_denominator = kernels.check_labels(labels, weight, n_classes, ignore_index)
         if bad >= 0:
             where = np.unravel_index(bad, batch_shape) if batch_shape else ()
             raise ValueError(
@@ -159,11 +167,12 @@ def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
                 f"probability target must have the logits' shape {source.shape}, got {target.shape}"
             )
         target2d = np.ascontiguousarray(target, dtype=dtype).reshape(n_rows, n_classes)
+        mean_denominator = float(n_rows)
     else:
         raise TypeError(
             f"target must be integer class indices or float probabilities, got dtype {target.dtype}"
         )
-    return _Problem(logits2d, target2d, weight, ignore_index, reduction, label_smoothing, source.shape, source)
+    return _Problem(logits2d, target2d, weight, ignore_index, reduction, label_smoothing, mean_denominator, source)
 
 
 # --------------------------------------------------------------------------
@@ -191,11 +200,7 @@ def _row_scratch(n, dtype):
 
 def _denominator(p):
     """Divisor of the summed row losses (and of the gradient) for the reduction."""
-    if p.reduction != "mean":
-        return 1.0
-    if p.labels:
-        return kernels.labels_mean_denominator(p.target, p.weight, p.ignore_index)
-    return float(p.logits.shape[0])
+    return p.mean_denominator if p.reduction == "mean" else 1.0
 
 
 def _divide(a, b):
@@ -234,39 +239,51 @@ def _row_loss_buffer(p, out):
     return _row_scratch(n, p.dtype)
 
 
-def fused(p, grad, row_loss, out=None):
-    """Run the fused kernel: gradient into ``grad`` (may be the logits), losses into ``row_loss``.
+# (parallel kernel, serial twin), keyed by (class-index target?, in place?)
+_FUSED = {
+    (True, False): (kernels.xent_labels_fused, kernels.xent_labels_fused_serial),
+    (True, True): (kernels.xent_labels_fused_inplace, kernels.xent_labels_fused_inplace_serial),
+    (False, False): (kernels.xent_probs_fused, kernels.xent_probs_fused_serial),
+    (False, True): (kernels.xent_probs_fused_inplace, kernels.xent_probs_fused_inplace_serial),
+}
+_LOSS_ONLY = {
+    True: (kernels.xent_labels_loss, kernels.xent_labels_loss_serial),
+    False: (kernels.xent_probs_loss, kernels.xent_probs_loss_serial),
+}
 
-    ``grad`` has the caller's logits shape; returns the loss as the API does.
+
+def _options(p):
+    """The kernels' option arguments after the target, in their order."""
+    if p.labels:
+        return (p.weight, p.ignore_index, p.label_smoothing)
+    return (p.weight, p.label_smoothing)
+
+
+def fused(p, grad, row_loss, out=None, inplace=False):
+    """Run the fused kernel: gradient into ``grad``, losses into ``row_loss``.
+
+    ``grad`` has the caller's logits shape; ``inplace`` means it is the
+    logits themselves (see `check_grad_out`). Returns the loss as the API does.
     """
     denominator = _denominator(p)
     scale = _divide(1.0, denominator)
-    n_elements = p.logits.size
-    common = (p.weight,) + ((p.ignore_index,) if p.labels else ()) + (p.label_smoothing, scale)
-    grad2d = grad.reshape(p.logits.shape)
-    if _same_buffer(grad2d, p.logits):
-        if p.labels:
-            pair = (kernels.xent_labels_fused_inplace, kernels.xent_labels_fused_inplace_serial)
-        else:
-            pair = (kernels.xent_probs_fused_inplace, kernels.xent_probs_fused_inplace_serial)
-        total = _threading.run(*pair, n_elements, p.logits, p.target, *common, row_loss)
-    else:
-        if p.labels:
-            pair = (kernels.xent_labels_fused, kernels.xent_labels_fused_serial)
-        else:
-            pair = (kernels.xent_probs_fused, kernels.xent_probs_fused_serial)
-        total = _threading.run(*pair, n_elements, p.logits, p.target, *common, grad2d, row_loss)
+    parallel, serial = _FUSED[p.labels, inplace]
+    args = (p.logits, p.target) + _options(p) + (scale,)
+    if not inplace:
+        args += (grad.reshape(p.logits.shape),)
+    total = _threading.run(parallel, serial, p.logits.size, *args, row_loss)
     return _finish(p, total, row_loss, denominator, out)
 
 
 def check_grad_out(p, grad_out, out):
-    """Validate ``grad_out``: a fresh-able buffer, or exactly the logits (in-place mode)."""
+    """Validate ``grad_out``; return True when it is the logits (in-place mode)."""
     check_buffer(grad_out, "grad_out", p.shape, p.dtype)
-    if _same_buffer(grad_out, p.source) and _same_buffer(grad_out.reshape(p.logits.shape), p.logits):
-        others = [("target", p.target), ("weight", p.weight), ("out", out)]
-    else:
-        others = [("logits", p.source), ("target", p.target), ("weight", p.weight), ("out", out)]
+    inplace = _same_buffer(grad_out, p.source) and p.source.flags.c_contiguous
+    others = [("target", p.target), ("weight", p.weight), ("out", out)]
+    if not inplace:
+        others.append(("logits", p.source))
     _check_no_overlap(grad_out, "grad_out", others)
+    return inplace
 
 
 # --------------------------------------------------------------------------
@@ -302,14 +319,9 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing)
     out = check_loss_out(p, out)
     row_loss = _row_loss_buffer(p, out)
-    denominator = _denominator(p)
-    common = (p.weight,) + ((p.ignore_index,) if p.labels else ()) + (p.label_smoothing,)
-    if p.labels:
-        pair = (kernels.xent_labels_loss, kernels.xent_labels_loss_serial)
-    else:
-        pair = (kernels.xent_probs_loss, kernels.xent_probs_loss_serial)
-    total = _threading.run(*pair, p.logits.size, p.logits, p.target, *common, row_loss)
-    return _finish(p, total, row_loss, denominator, out)
+    parallel, serial = _LOSS_ONLY[p.labels]
+    total = _threading.run(parallel, serial, p.logits.size, p.logits, p.target, *_options(p), row_loss)
+    return _finish(p, total, row_loss, _denominator(p), out)
 
 
 cross_entropy.__doc__ = (
@@ -333,11 +345,12 @@ def cross_entropy_with_grad(
 ):
     p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing)
     out = check_loss_out(p, out)
+    inplace = False
     if grad_out is None:
         grad_out = np.empty(p.shape, dtype=p.dtype)
     else:
-        check_grad_out(p, grad_out, out)
-    loss = fused(p, grad_out, _row_loss_buffer(p, out), out)
+        inplace = check_grad_out(p, grad_out, out)
+    loss = fused(p, grad_out, _row_loss_buffer(p, out), out, inplace)
     return loss, grad_out
 
 
@@ -366,11 +379,12 @@ def cross_entropy_grad(
     logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None
 ):
     p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing)
+    inplace = False
     if out is None:
         out = np.empty(p.shape, dtype=p.dtype)
     else:
-        check_grad_out(p, out, None)
-    fused(p, out, _row_scratch(p.logits.shape[0], p.dtype))
+        inplace = check_grad_out(p, out, None)
+    fused(p, out, _row_scratch(p.logits.shape[0], p.dtype), inplace=inplace)
     return out
 
 

@@ -20,7 +20,7 @@ Conventions shared by all kernels
   classes >= 1). Outputs have the logits' dtype; arithmetic stays in it,
   except per-batch totals, which are float64.
 - ``labels`` is 1-D int32/int64. Every entry must be in ``[0, C)`` or equal
-  ``ignore_index``; the kernels do not check (see ``first_invalid_label``).
+  ``ignore_index``; the kernels do not check (see ``check_labels``).
 - ``weight`` is a 1-D array of per-class weights of the logits' dtype, or
   an empty array (``NO_WEIGHT`` or ``logits[:0, 0]``) for "no weights".
 - ``grad_scale`` multiplies the gradient: ``1 / mean_denominator`` for a
@@ -441,29 +441,28 @@ def xent_probs_loss_serial(logits, target, weight, label_smoothing, row_loss):
 
 
 @njit(**_config.SERIAL)
-def labels_mean_denominator(labels, weight, ignore_index):
-    """Denominator of the "mean" loss for class-index targets.
+def check_labels(labels, weight, n_classes, ignore_index):
+    """Validate class indices and compute the "mean" denominator, in one pass.
 
-    The sum of ``weight[label]`` over rows not equal to ``ignore_index``
-    (their count when ``weight`` is empty), as PyTorch defines it.
+    Returns
+    -------
+    (first_invalid, mean_denominator) : (int, float)
+        ``first_invalid`` is the index of the first label outside
+        ``[0, n_classes)`` that is not ``ignore_index``, or -1 when every
+        label is valid. ``mean_denominator`` is the sum of ``weight[label]``
+        over the rows not equal to ``ignore_index`` (their count when
+        ``weight`` is empty), as PyTorch defines the mean; NaN if a label
+        is invalid.
     """
     total = 0.0
     for i in range(labels.shape[0]):
         y = labels[i]
-        if y != ignore_index:
-            total += 1.0 if weight.shape[0] == 0 else weight[y]
-    return total
-
-
-@njit(**_config.SERIAL)
-def first_invalid_label(labels, n_classes, ignore_index):
-    """Index of the first label outside [0, n_classes) that is not
-    ``ignore_index``, or -1 if every label is valid."""
-    for i in range(labels.shape[0]):
-        y = labels[i]
-        if (y < 0 or y >= n_classes) and y != ignore_index:
-            return i
-    return -1
+        if y == ignore_index:
+            continue
+        if y < 0 or y >= n_classes:
+            return i, np.nan
+        total += 1.0 if weight.shape[0] == 0 else weight[y]
+    return -1, total
 
 
 # --------------------------------------------------------------------------

@@ -100,7 +100,8 @@ def test_kernel_variants_agree(rng, dtype, kind):
 
 def test_validation_helpers():
     labels = np.array([0, 4, -100, 2])
-    assert kernels.first_invalid_label(labels, 5, -100) == -1
-    assert kernels.first_invalid_label(labels, 4, -100) == 1
-    assert kernels.labels_mean_denominator(labels, np.array([1.0, 2, 3, 4, 5]), -100) == 1 + 5 + 3
-    assert kernels.labels_mean_denominator(labels, kernels.NO_WEIGHT, -100) == 3
+    assert kernels.check_labels(labels, np.array([1.0, 2, 3, 4, 5]), 5, -100) == (-1, 1 + 5 + 3)
+    assert kernels.check_labels(labels, kernels.NO_WEIGHT, 5, -100) == (-1, 3)
+    bad, denominator = kernels.check_labels(labels, kernels.NO_WEIGHT, 4, -100)
+    assert bad == 1 and np.isnan(denominator)
+    assert kernels.check_labels(np.array([3, -1]), kernels.NO_WEIGHT, 4, -1) == (-1, 1)
