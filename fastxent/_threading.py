@@ -44,8 +44,16 @@ def _layer_usable_here():
 
 
 def run(parallel_kernel, serial_kernel, n_elements, *args):
-    """Call the parallel kernel when it pays off and is safe, else its twin."""
-    if n_elements >= _config.PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1 and _layer_usable_here():
+    """Call the parallel kernel when it pays off and is safe, else its twin.
+
+    ``args[0]`` is the 2-D array whose rows the kernel splits between threads.
+    """
+    if (
+        n_elements >= _config.PARALLEL_MIN_ELEMENTS
+        and args[0].shape[0] > 1
+        and numba.get_num_threads() > 1
+        and _layer_usable_here()
+    ):
         lock = _lock
         if lock.acquire(blocking=False):
             try:

@@ -168,6 +168,13 @@ def _row_zero(g, i):
 
 
 @njit(**_config.ROW_ELEMENTWISE)
+def _smoothing_split(logits, label_smoothing):
+    """(1 - eps, eps / C) in the logits' dtype, computed once per call."""
+    eps = cast_like(logits, label_smoothing)
+    return cast_like(logits, 1.0) - eps, eps / cast_like(logits, logits.shape[1])
+
+
+@njit(**_config.ROW_ELEMENTWISE)
 def _class_weight_sum(logits, weight):
     if weight.shape[0] == 0:
         return cast_like(logits, logits.shape[1])
@@ -188,12 +195,13 @@ def _row_exps(x, i, m, g, with_grad, inplace):
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
-def _labels_row(x, i, y, weight, ignore_index, smoothing, weight_sum, scale, g, with_grad, inplace):
+def _labels_row(x, i, y, weight, ignore_index, keep, spread, weight_sum, scale, g, with_grad, inplace):
     """Loss of one row with a class-index target; gradient into g if asked
     (``inplace``: g is x).
 
-    Loss: (1 - eps) w_y (-log p_y) + eps / C * sum_c w_c (-log p_c).
-    Gradient: scale * (W p - q), q_c = (1 - eps) w_y [c == y] + eps w_c / C,
+    Loss: keep w_y (-log p_y) + spread * sum_c w_c (-log p_c), where
+    keep = 1 - eps and spread = eps / C for label smoothing eps.
+    Gradient: scale * (W p - q), q_c = keep w_y [c == y] + spread w_c,
     W = sum_c q_c.
     """
     zero = cast_like(x, 0.0)
@@ -201,14 +209,11 @@ def _labels_row(x, i, y, weight, ignore_index, smoothing, weight_sum, scale, g, 
         if with_grad:
             _row_zero(g, i)
         return zero
-    n = x.shape[1]
-    keep = cast_like(x, 1.0) - smoothing
-    spread = smoothing / cast_like(x, n)
     m = _row_max(x, i)
     # Read everything that needs the raw logits before g (maybe x) is written.
     x_y = x[i, y]
     shift_sum = zero
-    if smoothing != zero:
+    if spread != zero:
         shift_sum = _row_weighted_shift_sum(x, i, m, weight)
     s = _row_exps(x, i, m, g, with_grad, inplace)
     log_s = cast_like(x, math.log(s))
@@ -216,7 +221,7 @@ def _labels_row(x, i, y, weight, ignore_index, smoothing, weight_sum, scale, g, 
     target_mass = keep * w_y
     # 0 * log 0 = 0: a zero-mass target class costs nothing even at -inf
     loss = target_mass * ((m - x_y) + log_s) if target_mass != zero else zero
-    if smoothing != zero:
+    if spread != zero:
         loss += spread * (weight_sum * log_s - shift_sum)
     if with_grad:
         row_mass = target_mass + spread * weight_sum
@@ -226,16 +231,14 @@ def _labels_row(x, i, y, weight, ignore_index, smoothing, weight_sum, scale, g, 
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
-def _probs_row(x, i, t, weight, smoothing, scale, g, with_grad, inplace):
+def _probs_row(x, i, t, weight, keep, spread, scale, g, with_grad, inplace):
     """Loss of one row with a probability target; gradient into g if asked
     (``inplace``: g is x).
 
-    Loss: -sum_c q_c log p_c, q_c = ((1 - eps) t_c + eps / C) w_c.
+    Loss: -sum_c q_c log p_c, q_c = (keep t_c + spread) w_c, where
+    keep = 1 - eps and spread = eps / C for label smoothing eps.
     Gradient: scale * (W p - q), W = sum_c q_c.
     """
-    n = x.shape[1]
-    keep = cast_like(x, 1.0) - smoothing
-    spread = smoothing / cast_like(x, n)
     m = _row_max(x, i)
     dot, row_mass = _row_target_dot(x, i, m, t, weight, keep, spread)
     s = _row_exps(x, i, m, g, with_grad, inplace)
@@ -284,22 +287,22 @@ def xent_labels_fused(logits, labels, weight, ignore_index, label_smoothing, gra
     float
         ``sum(row_loss)``, accumulated in float64 in row order.
     """
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
     for i in prange(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, scale, grad, True, False)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, scale, grad, True, False)
     return _sum_rows(row_loss)
 
 
 @njit(**_config.SERIAL)
 def xent_labels_fused_serial(logits, labels, weight, ignore_index, label_smoothing, grad_scale, grad, row_loss):
     """Serial twin of `xent_labels_fused`."""
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
     for i in range(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, scale, grad, True, False)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, scale, grad, True, False)
     return _sum_rows(row_loss)
 
 
@@ -310,22 +313,22 @@ def xent_labels_fused_inplace(logits, labels, weight, ignore_index, label_smooth
     One array in and out: one read and one write of the logits per element
     in the common case, and no runtime alias check in the compiled loops.
     """
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
     for i in prange(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, scale, logits, True, True)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, scale, logits, True, True)
     return _sum_rows(row_loss)
 
 
 @njit(**_config.SERIAL)
 def xent_labels_fused_inplace_serial(logits, labels, weight, ignore_index, label_smoothing, grad_scale, row_loss):
     """Serial twin of `xent_labels_fused_inplace`."""
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
     for i in range(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, scale, logits, True, True)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, scale, logits, True, True)
     return _sum_rows(row_loss)
 
 
@@ -336,22 +339,22 @@ def xent_labels_loss(logits, labels, weight, ignore_index, label_smoothing, row_
     Same arguments and return value as `xent_labels_fused` without
     ``grad_scale`` and ``grad``; reads the logits and writes ``row_loss``.
     """
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     wsum = _class_weight_sum(logits, weight)
     one = cast_like(logits, 1.0)
     for i in prange(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, one, logits, False, False)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, one, logits, False, False)
     return _sum_rows(row_loss)
 
 
 @njit(**_config.SERIAL)
 def xent_labels_loss_serial(logits, labels, weight, ignore_index, label_smoothing, row_loss):
     """Serial twin of `xent_labels_loss`."""
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     wsum = _class_weight_sum(logits, weight)
     one = cast_like(logits, 1.0)
     for i in range(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, eps, wsum, one, logits, False, False)
+        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, one, logits, False, False)
     return _sum_rows(row_loss)
 
 
@@ -378,60 +381,60 @@ def xent_probs_fused(logits, target, weight, label_smoothing, grad_scale, grad, 
     float
         ``sum(row_loss)``, accumulated in float64 in row order.
     """
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     for i in prange(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, eps, scale, grad, True, False)
+        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, scale, grad, True, False)
     return _sum_rows(row_loss)
 
 
 @njit(**_config.SERIAL)
 def xent_probs_fused_serial(logits, target, weight, label_smoothing, grad_scale, grad, row_loss):
     """Serial twin of `xent_probs_fused`."""
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     for i in range(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, eps, scale, grad, True, False)
+        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, scale, grad, True, False)
     return _sum_rows(row_loss)
 
 
 @njit(**_config.PARALLEL)
 def xent_probs_fused_inplace(logits, target, weight, label_smoothing, grad_scale, row_loss):
     """`xent_probs_fused` writing the gradient over ``logits``."""
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     for i in prange(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, eps, scale, logits, True, True)
+        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, scale, logits, True, True)
     return _sum_rows(row_loss)
 
 
 @njit(**_config.SERIAL)
 def xent_probs_fused_inplace_serial(logits, target, weight, label_smoothing, grad_scale, row_loss):
     """Serial twin of `xent_probs_fused_inplace`."""
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     for i in range(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, eps, scale, logits, True, True)
+        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, scale, logits, True, True)
     return _sum_rows(row_loss)
 
 
 @njit(**_config.PARALLEL)
 def xent_probs_loss(logits, target, weight, label_smoothing, row_loss):
     """Per-row losses only (no gradient) for probability targets."""
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     one = cast_like(logits, 1.0)
     for i in prange(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, eps, one, logits, False, False)
+        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, one, logits, False, False)
     return _sum_rows(row_loss)
 
 
 @njit(**_config.SERIAL)
 def xent_probs_loss_serial(logits, target, weight, label_smoothing, row_loss):
     """Serial twin of `xent_probs_loss`."""
-    eps = cast_like(logits, label_smoothing)
+    keep, spread = _smoothing_split(logits, label_smoothing)
     one = cast_like(logits, 1.0)
     for i in range(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, eps, one, logits, False, False)
+        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, one, logits, False, False)
     return _sum_rows(row_loss)
 
 
