@@ -76,14 +76,26 @@ def _row_sum_exp(x, i, m):
     return s
 
 
-@njit(**_config.ROW_REDUCE)
+@njit(**_config.ROW_ELEMENTWISE)
 def _row_exp_store(x, i, m, e):
-    """e = exp(x - m), returns sum(e). ``e`` may be ``x`` (in place)."""
-    s = cast_like(x, 0.0)
+    """e = exp(x - m), returns sum(e); e is another array than x.
+
+    The sum is a second loop over e alone, on purpose. Fused into the store
+    loop, LLVM guards the vector path with a runtime check that x and e are
+    far enough apart, and takes the scalar path when they are not (two small
+    arrays allocated next to each other): the sum's order, and so its last
+    bit, would then depend on where the caller's buffers happen to lie.
+    """
     for c in range(x.shape[1]):
-        v = exp_nonpositive(x[i, c] - m)
-        e[i, c] = v
-        s += v
+        e[i, c] = exp_nonpositive(x[i, c] - m)
+    return _row_sum(e, i)
+
+
+@njit(**_config.ROW_REDUCE)
+def _row_sum(e, i):
+    s = cast_like(e, 0.0)
+    for c in range(e.shape[1]):
+        s += e[i, c]
     return s
 
 

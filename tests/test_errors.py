@@ -135,3 +135,52 @@ def test_overlapping_buffers_are_rejected():
     rows = np.zeros(4)
     with pytest.raises(ValueError, match="overlaps"):
         fx.cross_entropy(rows.reshape(4, 1), np.zeros(4, np.int64), reduction="none", out=rows)
+
+
+
+def test_more_aliasing_is_rejected():
+    logits, labels = good()
+    # grad_out overlapping the weight
+    base = np.ones(12)
+    with pytest.raises(ValueError, match="overlaps weight"):
+        fx.cross_entropy_with_grad(logits, labels, weight=base[:3], grad_out=base.reshape(4, 3))
+    assert np.all(base == 1)
+    weight = np.ones(3)
+    # grad_out overlapping out
+    buf = np.zeros(16)
+    with pytest.raises(ValueError, match="overlaps out"):
+        fx.cross_entropy_with_grad(logits, labels, reduction="none", out=buf[:4], grad_out=buf[:12].reshape(4, 3))
+    # out overlapping the weight
+    with pytest.raises(ValueError, match="overlaps weight"):
+        fx.cross_entropy(np.zeros((3, 3)), np.zeros(3, np.int64), weight=weight, reduction="none", out=weight)
+
+
+@pytest.mark.parametrize(
+    "logits,target,exc,msg",
+    [
+        (np.zeros((4, 3)), None, TypeError, "target must be integer"),
+        (np.zeros((4, 3)), np.int64(1), ValueError, r"logits.shape\[:-1\]"),
+        (np.zeros((4, 3)), 1.5, ValueError, "probability target must have"),
+        ([[True, False]], np.zeros(1, np.int64), TypeError, "float32 or float64"),
+        (np.zeros((4, 3)), np.zeros((4, 3), np.complex128), TypeError, "target must be integer"),
+    ],
+)
+def test_more_bad_types(logits, target, exc, msg):
+    with pytest.raises(exc, match=msg):
+        fx.cross_entropy(logits, target)
+
+
+def test_bool_weight_rejected():
+    logits, labels = good()
+    with pytest.raises(TypeError, match="weight must be"):
+        fx.cross_entropy(logits, labels, weight=np.ones(3, bool))
+
+
+def test_byte_swapped_inputs_are_accepted(rng):
+    logits = rng.standard_normal((5, 4))
+    labels = rng.integers(0, 4, 5)
+    want = fx.cross_entropy_with_grad(logits, labels)
+    got = fx.cross_entropy_with_grad(logits.astype(">f8"), labels.astype(">i8"))
+    assert got[1].dtype == np.float64 and got[1].dtype.isnative
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
