@@ -105,12 +105,8 @@ else:  # NUMBA_DISABLE_JIT=1 (coverage runs): plain Python equivalents
 
 
 @njit(**_EXP_OPTS)
-def exp_f32(x):
-    """Vectorizable float32 exp (Cephes ``expf`` polynomial)."""
-    lo = np.float32(-86.6)  # exp(lo) ~ 2.4e-38; smaller results flush to 0
-    hi = np.float32(88.72283)  # log(FLT_MAX)
-    xc = x if x > lo else lo
-    xc = xc if xc < hi else hi
+def _exp_reduced_f32(xc):
+    """(p, n) with exp(xc) = p * 2**n, for a clamped float32 xc (Cephes ``expf``)."""
     n = rint(xc * np.float32(1.44269504088896341))
     # Cody-Waite: ln2 split into an exactly representable head and a tail.
     r = xc - n * np.float32(0.693359375)
@@ -121,22 +117,13 @@ def exp_f32(x):
     p = p * r + np.float32(4.1665795894e-2)
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
-    p = p * (r * r) + r + np.float32(1.0)
-    # 2**(n-1) * 2 keeps n = 128 (x near log(FLT_MAX)) representable.
-    y = p * exp2_int(n - np.float32(1.0))
-    y = y + y
-    y = y if x >= lo else np.float32(0.0)
-    y = y if x <= hi else np.float32(np.inf)
-    return y if x == x else x
+    return p * (r * r) + r + np.float32(1.0), n
 
 
 @njit(**_EXP_OPTS)
-def exp_f64(x):
-    """Vectorizable float64 exp (degree-12 Taylor on |r| <= ln2/2, ~1 ulp)."""
-    lo = -708.0  # exp(lo) ~ 3.3e-308; smaller results flush to 0
-    hi = 709.782712893384  # log(DBL_MAX)
-    xc = x if x > lo else lo
-    xc = xc if xc < hi else hi
+def _exp_reduced_f64(xc):
+    """(p, n) with exp(xc) = p * 2**n, for a clamped float64 xc (degree-12 Taylor
+    on |r| <= ln2/2, ~1 ulp)."""
     n = rint(xc * 1.4426950408889634)
     r = xc - n * 6.93145751953125e-1
     r = r - n * 1.42860682030941723212e-6
@@ -151,7 +138,31 @@ def exp_f64(x):
     p = p * r + 1.0 / 24.0
     p = p * r + 1.0 / 6.0
     p = p * r + 0.5
-    p = p * (r * r) + r + 1.0
+    return p * (r * r) + r + 1.0, n
+
+
+@njit(**_EXP_OPTS)
+def exp_f32(x):
+    """Vectorizable float32 exp."""
+    lo = np.float32(-86.6)  # exp(lo) ~ 2.4e-38; smaller results flush to 0
+    hi = np.float32(88.72283)  # log(FLT_MAX)
+    xc = x if x > lo else lo
+    p, n = _exp_reduced_f32(xc if xc < hi else hi)
+    # 2**(n-1) * 2 keeps n = 128 (x near log(FLT_MAX)) representable.
+    y = p * exp2_int(n - np.float32(1.0))
+    y = y + y
+    y = y if x >= lo else np.float32(0.0)
+    y = y if x <= hi else np.float32(np.inf)
+    return y if x == x else x
+
+
+@njit(**_EXP_OPTS)
+def exp_f64(x):
+    """Vectorizable float64 exp."""
+    lo = -708.0  # exp(lo) ~ 3.3e-308; smaller results flush to 0
+    hi = 709.782712893384  # log(DBL_MAX)
+    xc = x if x > lo else lo
+    p, n = _exp_reduced_f64(xc if xc < hi else hi)
     y = p * exp2_int(n - 1.0)
     y = y + y
     y = y if x >= lo else 0.0
@@ -176,17 +187,7 @@ def _fast_exp_overload(x):
 @njit(**_EXP_OPTS)
 def _exp_nonpositive_f32(x):
     lo = np.float32(-87.3)  # exp(lo) ~ 1.2e-38 keeps 2**n normal; smaller results flush to 0
-    xc = x if x > lo else lo
-    n = rint(xc * np.float32(1.44269504088896341))
-    r = xc - n * np.float32(0.693359375)
-    r = r - n * np.float32(-2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    p = p * (r * r) + r + np.float32(1.0)
+    p, n = _exp_reduced_f32(x if x > lo else lo)
     y = p * exp2_int(n)
     y = y if x >= lo else np.float32(0.0)
     return y if x == x else x
@@ -195,22 +196,7 @@ def _exp_nonpositive_f32(x):
 @njit(**_EXP_OPTS)
 def _exp_nonpositive_f64(x):
     lo = -708.3  # exp(lo) ~ 2.5e-308 keeps 2**n normal; smaller results flush to 0
-    xc = x if x > lo else lo
-    n = rint(xc * 1.4426950408889634)
-    r = xc - n * 6.93145751953125e-1
-    r = r - n * 1.42860682030941723212e-6
-    p = 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * (r * r) + r + 1.0
+    p, n = _exp_reduced_f64(x if x > lo else lo)
     y = p * exp2_int(n)
     y = y if x >= lo else 0.0
     return y if x == x else x
