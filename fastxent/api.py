@@ -433,8 +433,6 @@ def _rowwise(x, axis, out, name, keep_axis):
     else:
         pair = (getattr(kernels, name), getattr(kernels, name + "_serial"))
         res2d = result.reshape(x2d.shape) if keep_axis else result.reshape(-1)
-        if direct and _same_buffer(out, x):
-            x2d = res2d  # in place: one array, no overlap check in the loops
         _threading.run(*pair, x2d.size, x2d, res2d)
     if keep_axis:
         result = np.moveaxis(result, -1, axis)
