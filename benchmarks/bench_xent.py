@@ -171,6 +171,7 @@ class SimulationCall:
 
         self.thousand_steps = thousand_steps
         thousand_steps(self.logits, self.labels, self.grad, self.rows)
+        thousand_steps(self.logits[:1], self.labels[:1], self.grad[:1], self.rows[:1])
         self.time_python_call()
 
     def time_python_call(self):
@@ -180,6 +181,10 @@ class SimulationCall:
     def time_njit_1000_kernel_calls(self):
         """1000 kernel calls on 32 x 10 from user @njit code (divide by 1000)."""
         self.thousand_steps(self.logits, self.labels, self.grad, self.rows)
+
+    def time_njit_1000_single_row_calls(self):
+        """1000 kernel calls on one row of 10 from @njit code: the per-call cost (divide by 1000)."""
+        self.thousand_steps(self.logits[:1], self.labels[:1], self.grad[:1], self.rows[:1])
 
 
 class Memory:
