@@ -170,20 +170,6 @@ def exp_f64(x):
     return y if x == x else x
 
 
-def fast_exp(x):
-    """exp(x) for a float32 or float64 scalar, vectorizable in a loop."""
-    return exp_f32(x) if isinstance(x, np.float32) else exp_f64(x)
-
-
-@overload(fast_exp)
-def _fast_exp_overload(x):
-    if x == types.float32:
-        return lambda x: exp_f32(x)
-    if x == types.float64:
-        return lambda x: exp_f64(x)
-    return None
-
-
 @njit(**_EXP_OPTS)
 def _exp_nonpositive_f32(x):
     lo = np.float32(-87.3)  # exp(lo) ~ 1.2e-38 keeps 2**n normal; smaller results flush to 0
@@ -202,23 +188,42 @@ def _exp_nonpositive_f64(x):
     return y if x == x else x
 
 
-def exp_nonpositive(x):
+def _by_float_type(name, f32_impl, f64_impl, doc):
+    """A scalar function that calls ``f32_impl`` or ``f64_impl`` by the type of
+    its argument, in Python and (through an overload) in compiled code."""
+
+    def func(x):
+        return f32_impl(x) if isinstance(x, np.float32) else f64_impl(x)
+
+    func.__name__ = func.__qualname__ = name
+    func.__doc__ = doc
+
+    @overload(func)
+    def _overload(x):
+        if x == types.float32:
+            return lambda x: f32_impl(x)
+        if x == types.float64:
+            return lambda x: f64_impl(x)
+        return None
+
+    return func
+
+
+fast_exp = _by_float_type(
+    "fast_exp", exp_f32, exp_f64, """exp(x) for a float32 or float64 scalar, vectorizable in a loop."""
+)
+
+exp_nonpositive = _by_float_type(
+    "exp_nonpositive",
+    _exp_nonpositive_f32,
+    _exp_nonpositive_f64,
     """exp(x) for x <= 0 (or NaN): `fast_exp` without the overflow handling.
 
     The kernels only exponentiate ``x - max(x) <= 0``; dropping the upper
     clamp and its select shortens the polynomial exp by four vector
     instructions. Results for x > 0 are unspecified.
-    """
-    return _exp_nonpositive_f32(x) if isinstance(x, np.float32) else _exp_nonpositive_f64(x)
-
-
-@overload(exp_nonpositive)
-def _exp_nonpositive_overload(x):
-    if x == types.float32:
-        return lambda x: _exp_nonpositive_f32(x)
-    if x == types.float64:
-        return lambda x: _exp_nonpositive_f64(x)
-    return None
+    """,
+)
 
 
 def cast_like(arr, value):
