@@ -36,6 +36,18 @@ CACHE = os.environ.get("FASTXENT_CACHE", "1") != "0"
 # C = 100, and breaks even at 8192 elements at C = 1000.
 PARALLEL_MIN_ELEMENTS = int(os.environ.get("FASTXENT_PARALLEL_MIN_ELEMENTS", 8192))
 
+# Above that threshold the dispatch times the parallel kernel and its serial
+# twin per problem shape and runs the faster (``_threading.Dispatch``): on a
+# loaded machine a parallel launch can wait a scheduler time slice for a
+# descheduled worker. The way not chosen is tried again after an interval
+# that doubles from PROBE_MIN_SECONDS to PROBE_MAX_SECONDS while the choice
+# stands: under steady load that is one slow call a second at most (under 1%
+# of the time at 8192 x 10), and when the load goes away the parallel kernel
+# is back within two probes. FASTXENT_ADAPTIVE=0 always launches in parallel.
+ADAPTIVE_DISPATCH = os.environ.get("FASTXENT_ADAPTIVE", "1") != "0"
+PROBE_MIN_SECONDS = 0.05
+PROBE_MAX_SECONDS = 1.0
+
 # Options shared by every kernel. ``error_model="numpy"`` makes float
 # division by zero give inf/nan instead of raising, as NumPy does, and avoids
 # the zero-check branch in hot loops. ``boundscheck`` is left to Numba's
