@@ -1,8 +1,8 @@
 """Compiled kernels: the public, njit-callable layer of fastxent.
 
 Every function here takes only arrays and scalars, writes into buffers the
-caller passes in, never allocates and never validates. That makes them
-callable from a user's own ``@njit`` code (serial or ``parallel=True``)::
+caller passes in and never allocates. That makes them callable from a
+user's own ``@njit`` code (serial or ``parallel=True``)::
 
     from numba import njit
     from fastxent import kernels
@@ -19,8 +19,11 @@ Conventions shared by all kernels
 - ``logits`` is a 2-D C-contiguous float32 or float64 array (rows x classes,
   classes >= 1). Outputs have the logits' dtype; arithmetic stays in it,
   except per-batch totals, which are float64.
-- ``labels`` is 1-D int32/int64. Every entry must be in ``[0, C)`` or equal
-  ``ignore_index``; the kernels do not check (see ``check_labels``).
+- ``labels`` is 1-D int32/int64. Every entry should be in ``[0, C)`` or
+  equal ``ignore_index``. The kernels do not raise on a bad label (that
+  would cost a pass over the labels); they never index with it either:
+  such a row gets a NaN loss and a NaN gradient. Validate labels with
+  ``check_labels`` (one O(N) pass that also gives the mean denominator).
 - ``weight`` is a 1-D array of per-class weights of the logits' dtype, or
   an empty array (``NO_WEIGHT`` or ``logits[:0, 0]``) for "no weights".
 - ``grad_scale`` multiplies the gradient: ``1 / mean_denominator`` for a
@@ -33,6 +36,13 @@ Conventions shared by all kernels
   use them for small problems (a parallel launch costs microseconds) or
   from inside your own parallel loops.
 - ``*_inplace`` functions write the gradient over the logits.
+- Every kernel checks, in O(1) before it writes anything, that the lengths
+  of its arrays agree (rows, classes, labels, weight of length C or 0,
+  output buffers) and raises ``ValueError`` naming the argument if not.
+  An output or target of another dtype than the logits, or labels that
+  are not integers, fail at compile time with a ``TypingError`` naming the
+  argument. Run with ``NUMBA_BOUNDSCHECK=1`` while developing code of your
+  own around them: every index is then checked.
 
 Numerics: every row is shifted by its maximum before exponentiating, and
 losses are assembled as ``(max - x_target) + log(sum exp(x - max))``, two
@@ -41,15 +51,108 @@ with a zero target probability are skipped (0 * log 0 = 0).
 """
 
 import math
+import types as pytypes
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core.errors import TypingError
+from numba.extending import overload
 
 from . import _config
 from ._fastmath import cast_like, exp_nonpositive, maxnum
 
 #: Pass as ``weight`` for unweighted classes (float64; its dtype is unused).
 NO_WEIGHT = np.empty(0, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------
+# Argument checks: O(1), before anything is written. Types are checked when
+# a kernel is compiled (TypingError), lengths when it runs (ValueError).
+# --------------------------------------------------------------------------
+
+
+def _argument_check(name, rows_only, integer):
+    """A check of one array argument against the logits, callable from njit code.
+
+    ``rows_only``: the array has one entry per row, else the logits' shape.
+    ``integer``: its dtype is an integer type, else the logits' dtype.
+    """
+    shape_msg = (
+        f"{name} must have one entry per row of the logits (length logits.shape[0])"
+        if rows_only
+        else f"{name} must have the logits' shape (logits.shape[0], logits.shape[1])"
+    )
+    ndim = 1 if rows_only else 2
+
+    def type_problem(logits_dtype, dtype, arr_ndim, integer_ok):
+        if arr_ndim != ndim:
+            return f"{name} must be a {ndim}-D array, got {arr_ndim}-D"
+        if integer and not integer_ok:
+            return f"{name} must hold integer class indices, got {dtype}"
+        if not integer and dtype != logits_dtype:
+            return f"{name} must have the logits' dtype {logits_dtype}, got {dtype}"
+        return None
+
+    def check(logits, arr):
+        problem = type_problem(logits.dtype, arr.dtype, arr.ndim, arr.dtype.kind in "iu")
+        if problem:
+            raise TypeError(problem)
+        if arr.shape[0] != logits.shape[0] or (not rows_only and arr.shape[1] != logits.shape[1]):
+            raise ValueError(shape_msg)
+
+    @overload(check)
+    def _check_typed(logits, arr):
+        problem = type_problem(logits.dtype, arr.dtype, arr.ndim, isinstance(arr.dtype, types.Integer))
+        if problem:
+            raise TypingError(problem)
+        if rows_only:
+
+            def impl(logits, arr):
+                if arr.shape[0] != logits.shape[0]:
+                    raise ValueError(shape_msg)
+
+        else:
+
+            def impl(logits, arr):
+                if arr.shape[0] != logits.shape[0] or arr.shape[1] != logits.shape[1]:
+                    raise ValueError(shape_msg)
+
+        return impl
+
+    check.__name__ = check.__qualname__ = f"_check_{name}"
+    return check
+
+
+_check_grad = _argument_check("grad", rows_only=False, integer=False)
+_check_target = _argument_check("target", rows_only=False, integer=False)
+_check_out = _argument_check("out", rows_only=False, integer=False)
+_check_row_loss = _argument_check("row_loss", rows_only=True, integer=False)
+_check_out_rows = _argument_check("out", rows_only=True, integer=False)
+_check_labels_arg = _argument_check("labels", rows_only=True, integer=True)
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _check_logits_and_weight(logits, weight):
+    if logits.shape[1] == 0 and logits.shape[0] != 0:
+        raise ValueError("logits must have at least one class (logits.shape[1] == 0)")
+    if weight.shape[0] != 0 and weight.shape[0] != logits.shape[1]:
+        raise ValueError("weight must have length logits.shape[1] (one per class), or 0 for no weights")
+
+
+def _twins(body):
+    """The parallel kernel compiled from ``body``, and its serial twin.
+
+    The twin is the same Python function compiled without ``parallel=True``
+    (``prange`` then runs as ``range``), under its own name so that the two
+    get separate entries in Numba's disk cache.
+    """
+    serial = pytypes.FunctionType(
+        body.__code__, body.__globals__, body.__name__ + "_serial", body.__defaults__, body.__closure__
+    )
+    serial.__qualname__ = body.__qualname__ + "_serial"
+    serial.__module__ = body.__module__
+    serial.__doc__ = f"Serial twin of `{body.__name__}`: the same body compiled without ``parallel=True``."
+    return njit(**_config.PARALLEL)(body), njit(**_config.SERIAL)(serial)
 
 
 # --------------------------------------------------------------------------
@@ -175,8 +278,13 @@ def _row_probs_grad(g, i, t, weight, keep, spread, a, b):
 
 @njit(**_config.ROW_ELEMENTWISE)
 def _row_zero(g, i):
+    _row_fill(g, i, cast_like(g, 0.0))
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _row_fill(g, i, value):
     for c in range(g.shape[1]):
-        g[i, c] = cast_like(g, 0.0)
+        g[i, c] = value
 
 
 @njit(**_config.ROW_ELEMENTWISE)
@@ -221,6 +329,11 @@ def _labels_row(x, i, y, weight, ignore_index, keep, spread, weight_sum, scale, 
         if with_grad:
             _row_zero(g, i)
         return zero
+    if y < 0 or y >= x.shape[1]:  # never index with a bad label: the row is NaN
+        nan = cast_like(x, np.nan)
+        if with_grad:
+            _row_fill(g, i, nan)
+        return nan
     m = _row_max(x, i)
     # Read everything that needs the raw logits before g (maybe x) is written.
     x_y = x[i, y]
@@ -272,11 +385,11 @@ def _sum_rows(row_loss):
 
 
 # --------------------------------------------------------------------------
-# Fused cross-entropy kernels, class-index targets.
+# Fused cross-entropy kernels, class-index targets. Each is compiled twice
+# by `_twins`: the parallel kernel and its ``_serial`` twin.
 # --------------------------------------------------------------------------
 
 
-@njit(**_config.PARALLEL)
 def xent_labels_fused(logits, labels, weight, ignore_index, label_smoothing, grad_scale, grad, row_loss):
     """Loss and gradient for class-index targets in one pass over the logits.
 
@@ -299,6 +412,10 @@ def xent_labels_fused(logits, labels, weight, ignore_index, label_smoothing, gra
     float
         ``sum(row_loss)``, accumulated in float64 in row order.
     """
+    _check_logits_and_weight(logits, weight)
+    _check_labels_arg(logits, labels)
+    _check_grad(logits, grad)
+    _check_row_loss(logits, row_loss)
     keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
@@ -307,24 +424,15 @@ def xent_labels_fused(logits, labels, weight, ignore_index, label_smoothing, gra
     return _sum_rows(row_loss)
 
 
-@njit(**_config.SERIAL)
-def xent_labels_fused_serial(logits, labels, weight, ignore_index, label_smoothing, grad_scale, grad, row_loss):
-    """Serial twin of `xent_labels_fused`."""
-    keep, spread = _smoothing_split(logits, label_smoothing)
-    scale = cast_like(logits, grad_scale)
-    wsum = _class_weight_sum(logits, weight)
-    for i in range(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, scale, grad, True, False)
-    return _sum_rows(row_loss)
-
-
-@njit(**_config.PARALLEL)
 def xent_labels_fused_inplace(logits, labels, weight, ignore_index, label_smoothing, grad_scale, row_loss):
     """`xent_labels_fused` writing the gradient over ``logits``.
 
     One array in and out: one read and one write of the logits per element
     in the common case, and no runtime alias check in the compiled loops.
     """
+    _check_logits_and_weight(logits, weight)
+    _check_labels_arg(logits, labels)
+    _check_row_loss(logits, row_loss)
     keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
@@ -333,24 +441,15 @@ def xent_labels_fused_inplace(logits, labels, weight, ignore_index, label_smooth
     return _sum_rows(row_loss)
 
 
-@njit(**_config.SERIAL)
-def xent_labels_fused_inplace_serial(logits, labels, weight, ignore_index, label_smoothing, grad_scale, row_loss):
-    """Serial twin of `xent_labels_fused_inplace`."""
-    keep, spread = _smoothing_split(logits, label_smoothing)
-    scale = cast_like(logits, grad_scale)
-    wsum = _class_weight_sum(logits, weight)
-    for i in range(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, scale, logits, True, True)
-    return _sum_rows(row_loss)
-
-
-@njit(**_config.PARALLEL)
 def xent_labels_loss(logits, labels, weight, ignore_index, label_smoothing, row_loss):
     """Per-row losses only (no gradient) for class-index targets.
 
     Same arguments and return value as `xent_labels_fused` without
     ``grad_scale`` and ``grad``; reads the logits and writes ``row_loss``.
     """
+    _check_logits_and_weight(logits, weight)
+    _check_labels_arg(logits, labels)
+    _check_row_loss(logits, row_loss)
     keep, spread = _smoothing_split(logits, label_smoothing)
     wsum = _class_weight_sum(logits, weight)
     one = cast_like(logits, 1.0)
@@ -359,15 +458,9 @@ def xent_labels_loss(logits, labels, weight, ignore_index, label_smoothing, row_
     return _sum_rows(row_loss)
 
 
-@njit(**_config.SERIAL)
-def xent_labels_loss_serial(logits, labels, weight, ignore_index, label_smoothing, row_loss):
-    """Serial twin of `xent_labels_loss`."""
-    keep, spread = _smoothing_split(logits, label_smoothing)
-    wsum = _class_weight_sum(logits, weight)
-    one = cast_like(logits, 1.0)
-    for i in range(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, one, logits, False, False)
-    return _sum_rows(row_loss)
+xent_labels_fused, xent_labels_fused_serial = _twins(xent_labels_fused)
+xent_labels_fused_inplace, xent_labels_fused_inplace_serial = _twins(xent_labels_fused_inplace)
+xent_labels_loss, xent_labels_loss_serial = _twins(xent_labels_loss)
 
 
 # --------------------------------------------------------------------------
@@ -375,7 +468,6 @@ def xent_labels_loss_serial(logits, labels, weight, ignore_index, label_smoothin
 # --------------------------------------------------------------------------
 
 
-@njit(**_config.PARALLEL)
 def xent_probs_fused(logits, target, weight, label_smoothing, grad_scale, grad, row_loss):
     """Loss and gradient for probability targets in one pass over the logits.
 
@@ -393,6 +485,10 @@ def xent_probs_fused(logits, target, weight, label_smoothing, grad_scale, grad, 
     float
         ``sum(row_loss)``, accumulated in float64 in row order.
     """
+    _check_logits_and_weight(logits, weight)
+    _check_target(logits, target)
+    _check_grad(logits, grad)
+    _check_row_loss(logits, row_loss)
     keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     for i in prange(logits.shape[0]):
@@ -400,19 +496,11 @@ def xent_probs_fused(logits, target, weight, label_smoothing, grad_scale, grad, 
     return _sum_rows(row_loss)
 
 
-@njit(**_config.SERIAL)
-def xent_probs_fused_serial(logits, target, weight, label_smoothing, grad_scale, grad, row_loss):
-    """Serial twin of `xent_probs_fused`."""
-    keep, spread = _smoothing_split(logits, label_smoothing)
-    scale = cast_like(logits, grad_scale)
-    for i in range(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, scale, grad, True, False)
-    return _sum_rows(row_loss)
-
-
-@njit(**_config.PARALLEL)
 def xent_probs_fused_inplace(logits, target, weight, label_smoothing, grad_scale, row_loss):
     """`xent_probs_fused` writing the gradient over ``logits``."""
+    _check_logits_and_weight(logits, weight)
+    _check_target(logits, target)
+    _check_row_loss(logits, row_loss)
     keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     for i in prange(logits.shape[0]):
@@ -420,19 +508,11 @@ def xent_probs_fused_inplace(logits, target, weight, label_smoothing, grad_scale
     return _sum_rows(row_loss)
 
 
-@njit(**_config.SERIAL)
-def xent_probs_fused_inplace_serial(logits, target, weight, label_smoothing, grad_scale, row_loss):
-    """Serial twin of `xent_probs_fused_inplace`."""
-    keep, spread = _smoothing_split(logits, label_smoothing)
-    scale = cast_like(logits, grad_scale)
-    for i in range(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, scale, logits, True, True)
-    return _sum_rows(row_loss)
-
-
-@njit(**_config.PARALLEL)
 def xent_probs_loss(logits, target, weight, label_smoothing, row_loss):
     """Per-row losses only (no gradient) for probability targets."""
+    _check_logits_and_weight(logits, weight)
+    _check_target(logits, target)
+    _check_row_loss(logits, row_loss)
     keep, spread = _smoothing_split(logits, label_smoothing)
     one = cast_like(logits, 1.0)
     for i in prange(logits.shape[0]):
@@ -440,14 +520,9 @@ def xent_probs_loss(logits, target, weight, label_smoothing, row_loss):
     return _sum_rows(row_loss)
 
 
-@njit(**_config.SERIAL)
-def xent_probs_loss_serial(logits, target, weight, label_smoothing, row_loss):
-    """Serial twin of `xent_probs_loss`."""
-    keep, spread = _smoothing_split(logits, label_smoothing)
-    one = cast_like(logits, 1.0)
-    for i in range(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, one, logits, False, False)
-    return _sum_rows(row_loss)
+xent_probs_fused, xent_probs_fused_serial = _twins(xent_probs_fused)
+xent_probs_fused_inplace, xent_probs_fused_inplace_serial = _twins(xent_probs_fused_inplace)
+xent_probs_loss, xent_probs_loss_serial = _twins(xent_probs_loss)
 
 
 # --------------------------------------------------------------------------
@@ -468,7 +543,14 @@ def check_labels(labels, weight, n_classes, ignore_index):
         over the rows not equal to ``ignore_index`` (their count when
         ``weight`` is empty), as PyTorch defines the mean; NaN if a label
         is invalid.
+
+    Raises
+    ------
+    ValueError
+        If ``weight`` is neither empty nor of length ``n_classes``.
     """
+    if weight.shape[0] != 0 and weight.shape[0] != n_classes:
+        raise ValueError("weight must have length n_classes (one per class), or 0 for no weights")
     total = 0.0
     for i in range(labels.shape[0]):
         y = labels[i]
@@ -508,43 +590,30 @@ def _logsumexp_row(x, i):
     return m + cast_like(x, math.log(_row_sum_exp(x, i, m)))
 
 
-@njit(**_config.PARALLEL)
 def log_softmax_rows(x, out):
     """out[i] = log_softmax(x[i]) for a 2-D C-contiguous x; out may be x."""
+    _check_logits_and_weight(x, x[0:0, 0])
+    _check_out(x, out)
     for i in prange(x.shape[0]):
         _log_softmax_row(x, i, out)
 
 
-@njit(**_config.SERIAL)
-def log_softmax_rows_serial(x, out):
-    """Serial twin of `log_softmax_rows`."""
-    for i in range(x.shape[0]):
-        _log_softmax_row(x, i, out)
-
-
-@njit(**_config.PARALLEL)
 def softmax_rows(x, out):
     """out[i] = softmax(x[i]) for a 2-D C-contiguous x; out may be x."""
+    _check_logits_and_weight(x, x[0:0, 0])
+    _check_out(x, out)
     for i in prange(x.shape[0]):
         _softmax_row(x, i, out)
 
 
-@njit(**_config.SERIAL)
-def softmax_rows_serial(x, out):
-    """Serial twin of `softmax_rows`."""
-    for i in range(x.shape[0]):
-        _softmax_row(x, i, out)
-
-
-@njit(**_config.PARALLEL)
 def logsumexp_rows(x, out):
     """out[i] = log(sum(exp(x[i]))) for a 2-D C-contiguous x, out of shape (N,)."""
+    _check_logits_and_weight(x, x[0:0, 0])
+    _check_out_rows(x, out)
     for i in prange(x.shape[0]):
         out[i] = _logsumexp_row(x, i)
 
 
-@njit(**_config.SERIAL)
-def logsumexp_rows_serial(x, out):
-    """Serial twin of `logsumexp_rows`."""
-    for i in range(x.shape[0]):
-        out[i] = _logsumexp_row(x, i)
+log_softmax_rows, log_softmax_rows_serial = _twins(log_softmax_rows)
+softmax_rows, softmax_rows_serial = _twins(softmax_rows)
+logsumexp_rows, logsumexp_rows_serial = _twins(logsumexp_rows)
