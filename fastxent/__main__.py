@@ -1,12 +1,16 @@
 """``python -m fastxent``: the worked example and a quick timing.
 
-``python -m fastxent bench [--threads N] [--quick]``: a table of median
-times and speed-ups over a grid of shapes and dtypes, against the plain
-NumPy implementation and PyTorch's CPU ``F.cross_entropy`` when installed.
+``python -m fastxent bench [--threads N] [--quick] [--sweep] [--load N]``:
+a table of median times and speed-ups over a grid of shapes and dtypes,
+against the plain NumPy implementation and PyTorch's CPU
+``F.cross_entropy`` when installed; ``--sweep`` gives the class-count sweep
+as ratios to ``np.copyto``; ``--load N`` runs N busy processes beside it.
 """
 
 import argparse
+import contextlib
 import platform
+import subprocess
 import sys
 import time
 
@@ -63,27 +67,75 @@ def demo():
     print(f"  speed-up {t['numpy'] / t['fastxent']:8.1f}x")
 
 
-def bench(threads=None, quick=False):
-    if threads:
-        numba.set_num_threads(threads)
-    nthreads = numba.get_num_threads()
+SWEEP_CLASSES = [2, 4, 10, 32, 64, 128, 256, 512, 1000, 32000]
+SWEEP_ELEMENTS = 1 << 23  # 8M elements: 32 MiB of float32 logits, far beyond the caches
+
+
+def _progress(text):
+    """Progress on stderr, only when it is a terminal (never in redirected output)."""
+    if sys.stderr.isatty():
+        print(f"  {text:<58}", end="\r", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _busy_processes(count):
+    """``count`` processes spinning on the CPU, to measure a loaded machine."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL) for _ in range(count)
+    ]
+    try:
+        if procs:
+            time.sleep(0.5)  # let the scheduler see them
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _optional_peers(nthreads):
     try:
         import torch
-        import torch.nn.functional as F
 
         torch.set_num_threads(nthreads)
     except ImportError:
         torch = None
-    print(f"fastxent {fx.__version__}, numba {numba.__version__}, numpy {np.__version__}"
-          + (f", torch {torch.__version__}" if torch else " (torch not installed)"))
-    print(f"{platform.processor() or platform.machine()}, {nthreads} threads, python {platform.python_version()}")
-    print("loss + gradient, mean reduction, class-index targets; medians of interleaved rounds\n")
-    header = f"{'dtype':8} {'shape':>14} {'fastxent':>10} {'in-place':>10} {'numpy':>10} {'torch':>10} {'copy':>9} {'x numpy':>8} {'x torch':>8} {'inpl/copy':>9}"
-    print(header)
+    try:
+        from sklearn._loss.loss import HalfMultinomialLoss
+    except ImportError:
+        HalfMultinomialLoss = None
+    return torch, HalfMultinomialLoss
+
+
+def _torch_step(torch, x, labels):
+    import torch.nn.functional as F
+
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = torch.from_numpy(labels)
+
+    def step():
+        tx.grad = None
+        F.cross_entropy(tx, ty).backward()
+
+    return step
+
+
+def _sklearn_step(loss_cls, x, labels, nthreads):
+    loss = loss_cls(n_classes=x.shape[1])
+    y = labels.astype(x.dtype)
+    loss_out = np.empty(x.shape[0], x.dtype)
+    grad_out = np.empty_like(x)
+    return lambda: loss.loss_gradient(y, x, loss_out=loss_out, gradient_out=grad_out, n_threads=nthreads)
+
+
+def _shape_table(grid, rounds, torch, nthreads):
+    print(
+        f"{'dtype':8} {'shape':>12} {'fastxent ms':>12} {'in-place ms':>12} {'NumPy ms':>10} {'PyTorch ms':>11} "
+        f"{'copy ms':>9} {'x NumPy':>8} {'x PyTorch':>9} {'in-place/copy':>13}"
+    )
     rows = []
-    grid = BENCH_GRID[:3] if quick else BENCH_GRID
     for k, (dtype, n, c) in enumerate(grid):
-        print(f"  [{k + 1}/{len(grid)}] {np.dtype(dtype).name} {n}x{c} ...", end="\r", file=sys.stderr, flush=True)
+        _progress(f"[{k + 1}/{len(grid)}] {np.dtype(dtype).name} {n}x{c}")
         rng = np.random.default_rng(0)
         x = rng.standard_normal((n, c)).astype(dtype)
         labels = rng.integers(0, c, n)
@@ -98,38 +150,113 @@ def bench(threads=None, quick=False):
             "copy": lambda: np.copyto(buf, x),
         }
         if torch is not None:
-            tx = torch.from_numpy(x).requires_grad_()
-            ty = torch.from_numpy(labels)
-
-            def torch_step():
-                tx.grad = None
-                F.cross_entropy(tx, ty).backward()
-
-            contenders["torch"] = torch_step
-        t = interleaved_medians(contenders, rounds=5 if quick else 11)
+            contenders["torch"] = _torch_step(torch, x, labels)
+        t = interleaved_medians(contenders, rounds=rounds)
         tt = t.get("torch", float("nan"))
-        shape = f"{n}x{c}"
-        print(" " * 60, end="\r", file=sys.stderr)
         print(
-            f"{np.dtype(dtype).name:8} {shape:>14} {t['fastxent'] * 1e3:9.3f}m {t['inplace'] * 1e3:9.3f}m "
-            f"{t['numpy'] * 1e3:9.3f}m {tt * 1e3:9.3f}m {t['copy'] * 1e3:8.3f}m "
-            f"{t['numpy'] / t['fastxent']:7.1f}x {tt / t['fastxent']:7.1f}x {t['inplace'] / t['copy']:8.2f}x",
+            f"{np.dtype(dtype).name:8} {f'{n}x{c}':>12} {t['fastxent'] * 1e3:12.3f} {t['inplace'] * 1e3:12.3f} "
+            f"{t['numpy'] * 1e3:10.3f} {tt * 1e3:11.3f} {t['copy'] * 1e3:9.3f} "
+            f"{t['numpy'] / t['fastxent']:8.1f} {tt / t['fastxent']:9.1f} {t['inplace'] / t['copy']:13.2f}",
             flush=True,
         )
         rows.append((dtype, n, c, t))
-    print("\ntimes in ms; x numpy / x torch: how many times faster fastxent is; inpl/copy: in-place time over np.copyto")
+    print(
+        "\nx NumPy, x PyTorch: how many times faster fastxent is; in-place/copy: in-place time over np.copyto "
+        "of the logits"
+    )
     return rows
 
 
+def _sweep_table(classes, dtypes, rounds, torch, sklearn_loss, nthreads):
+    print(f"class-count sweep: {SWEEP_ELEMENTS} elements per problem; every column but the last two is a time over np.copyto")
+    print(
+        f"{'dtype':8} {'C':>6} {'rows':>8} {'copy ms':>9} {'fused':>7} {'in-place':>9} {'loss':>7} "
+        f"{'log_softmax':>12} {'probs':>7} {'sklearn/fused':>14} {'PyTorch/fused':>14}"
+    )
+    rows = []
+    for dtype in dtypes:
+        for c in classes:
+            n = SWEEP_ELEMENTS // c
+            _progress(f"{np.dtype(dtype).name} C={c}")
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((n, c)).astype(dtype)
+            labels = rng.integers(0, c, n)
+            probs = np.abs(x) / np.abs(x).sum(axis=1, keepdims=True)
+            buf = np.empty_like(x)
+            scratch = x.copy()
+            contenders = {
+                "copy": lambda: np.copyto(buf, x),
+                "fused": lambda: fx.cross_entropy_with_grad(x, labels, grad_out=buf),
+                "inplace": lambda: fx.cross_entropy_with_grad(scratch, labels, grad_out=scratch),
+                "loss": lambda: fx.cross_entropy(x, labels),
+                "log_softmax": lambda: fx.log_softmax(x, out=buf),
+                "probs": lambda: fx.cross_entropy_with_grad(x, probs, grad_out=buf),
+            }
+            if sklearn_loss is not None:
+                contenders["sklearn"] = _sklearn_step(sklearn_loss, x, labels, nthreads)
+            if torch is not None:
+                contenders["torch"] = _torch_step(torch, x, labels)
+            t = interleaved_medians(contenders, rounds=rounds)
+            floor = t["copy"]
+            print(
+                f"{np.dtype(dtype).name:8} {c:6d} {n:8d} {floor * 1e3:9.3f} {t['fused'] / floor:7.2f} "
+                f"{t['inplace'] / floor:9.2f} {t['loss'] / floor:7.2f} {t['log_softmax'] / floor:12.2f} "
+                f"{t['probs'] / floor:7.2f} {t.get('sklearn', np.nan) / t['fused']:14.1f} "
+                f"{t.get('torch', np.nan) / t['fused']:14.1f}",
+                flush=True,
+            )
+            rows.append((dtype, c, t))
+    print("\nfused: loss + gradient into a buffer; loss: loss only; probs: probability targets; "
+          "sklearn: HalfMultinomialLoss.loss_gradient")
+    return rows
+
+
+def bench(threads=None, quick=False, load=0, sweep=False):
+    if threads:
+        numba.set_num_threads(threads)
+    nthreads = numba.get_num_threads()
+    torch, sklearn_loss = _optional_peers(nthreads)
+    print(
+        f"fastxent {fx.__version__}, numba {numba.__version__}, numpy {np.__version__}"
+        + (f", torch {torch.__version__}" if torch else " (torch not installed)")
+    )
+    print(f"{platform.processor() or platform.machine()}, {nthreads} threads, python {platform.python_version()}"
+          + (f", {load} busy processes beside it" if load else ""))
+    print("medians of interleaved rounds\n")
+    rounds = 5 if quick else 11
+    with _busy_processes(load):
+        if sweep:
+            classes = [2, 10, 128, 32000] if quick else SWEEP_CLASSES
+            return _sweep_table(classes, [np.float32, np.float64], rounds, torch, sklearn_loss, nthreads)
+        print("loss + gradient, mean reduction, class-index targets")
+        return _shape_table(BENCH_GRID[:3] if quick else BENCH_GRID, rounds, torch, nthreads)
+
+
+def _add_bench_options(parser):
+    parser.add_argument("--threads", type=int, default=None, help="number of threads (numba.set_num_threads)")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and rounds")
+    parser.add_argument("--sweep", action="store_true",
+                        help="class counts 2 to 32000 at 8M elements, as ratios to np.copyto (with scikit-learn "
+                             "and PyTorch columns when installed)")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="run N busy processes beside the benchmark, to measure a loaded machine")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastxent", description=__doc__.split("\n")[0])
+    bench_help = argparse.ArgumentParser(prog="python -m fastxent bench", add_help=False)
+    _add_bench_options(bench_help)
+    parser = argparse.ArgumentParser(
+        prog="python -m fastxent",
+        description=__doc__.split("\n")[0],
+        epilog="bench options:\n" + bench_help.format_help().split("options:\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command")
-    b = sub.add_parser("bench", help="timing table against NumPy (and PyTorch when installed)")
-    b.add_argument("--threads", type=int, default=None, help="number of threads (numba.set_num_threads)")
-    b.add_argument("--quick", action="store_true", help="three shapes, fewer rounds")
+    b = sub.add_parser("bench", help="timing tables against NumPy, np.copyto and the peers that are installed")
+    _add_bench_options(b)
     args = parser.parse_args(argv)
     if args.command == "bench":
-        bench(args.threads, args.quick)
+        bench(args.threads, args.quick, args.load, args.sweep)
     else:
         demo()
 

@@ -10,7 +10,10 @@ import operator
 import threading
 
 import numpy as np
-from numpy.lib.array_utils import normalize_axis_index
+try:
+    from numpy.lib.array_utils import normalize_axis_index
+except ImportError:  # NumPy < 2.0
+    from numpy.core.multiarray import normalize_axis_index
 
 from . import _threading, kernels
 
@@ -33,7 +36,17 @@ _NO_WEIGHT = {dt: np.empty(0, dtype=dt) for dt in _FLOATS}
 # --------------------------------------------------------------------------
 
 
+def _refuse_autograd_tensor(x, name):
+    """A tensor that records gradients cannot become a NumPy array; say where to go."""
+    if getattr(x, "requires_grad", False) is True and hasattr(x, "detach"):
+        raise TypeError(
+            f"{name} is a tensor that requires grad: use fastxent.torch.cross_entropy (or "
+            "fastxent.torch.CrossEntropyLoss), which runs under autograd, or pass .detach().numpy()"
+        )
+
+
 def _as_float_array(x, name):
+    _refuse_autograd_tensor(x, name)
     x = np.asarray(x)
     if x.dtype.kind == "f" and not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))  # byte-swapped data: one converted copy
@@ -73,15 +86,26 @@ def _check_no_overlap(buf, name, others):
             raise ValueError(f"{name} overlaps {other_name}; pass a separate buffer")
 
 
-def _labels_array(target, batch_shape):
+def _invalid_label(value, flat_index, batch_shape, n_classes, ignore_index):
+    where = np.unravel_index(flat_index, batch_shape) if batch_shape else ()
+    return ValueError(
+        f"label {value} at index {tuple(int(i) for i in where)} is outside [0, {n_classes}) "
+        f"and is not ignore_index ({ignore_index})"
+    )
+
+
+def _labels_array(target, batch_shape, n_classes, ignore_index):
     if target.shape != batch_shape:
         raise ValueError(
             f"class-index target must have shape logits.shape[:-1] = {batch_shape}, got {target.shape}"
         )
     if target.dtype.char in "il" and target.dtype.isnative:  # int32, int64
         return target
-    if target.dtype == np.uint64 and target.size and target.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"label {target.max()} is out of range")
+    if target.dtype == np.uint64 and target.size:
+        too_large = target.reshape(-1) > np.iinfo(np.int64).max  # would wrap to negative in int64
+        if too_large.any():
+            bad = int(np.argmax(too_large))
+            raise _invalid_label(target.reshape(-1)[bad], bad, batch_shape, n_classes, ignore_index)
     return target.astype(np.int64)
 
 
@@ -150,16 +174,13 @@ def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
             raise ValueError(f"weight must have shape ({n_classes},), got {weight.shape}")
         weight = np.ascontiguousarray(weight, dtype=dtype)
 
+    _refuse_autograd_tensor(target, "target")
     target = np.asarray(target)
     if target.dtype.kind in "iu":
-        labels = np.ascontiguousarray(_labels_array(target, batch_shape)).reshape(-1)
+        labels = np.ascontiguousarray(_labels_array(target, batch_shape, n_classes, ignore_index)).reshape(-1)
         bad, mean_denominator = kernels.check_labels(labels, weight, n_classes, ignore_index)
         if bad >= 0:
-            where = np.unravel_index(bad, batch_shape) if batch_shape else ()
-            raise ValueError(
-                f"label {labels[bad]} at index {tuple(int(i) for i in where)} is outside [0, {n_classes}) "
-                f"and is not ignore_index ({ignore_index})"
-            )
+            raise _invalid_label(labels[bad], bad, batch_shape, n_classes, ignore_index)
         target2d = labels
     elif target.dtype.kind == "f":
         if target.shape != source.shape:

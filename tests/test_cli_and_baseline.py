@@ -40,3 +40,29 @@ def test_demo_prints_the_worked_example():
     assert "mean loss  = 2.019" in out
     assert "[-0.464  0.243  0.22 ]" in out
     assert "speed-up" in out
+
+
+def test_help_lists_the_bench_options(capsys):
+    import pytest
+
+    from fastxent.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for option in ("--threads", "--quick", "--sweep", "--load"):
+        assert option in out
+
+
+def test_bench_output_is_clean_when_redirected(capsys, monkeypatch):
+    import fastxent.__main__ as cli
+
+    monkeypatch.setattr(cli, "BENCH_GRID", [(np.float32, 64, 10)] * 3)
+    monkeypatch.setattr(cli, "SWEEP_ELEMENTS", 4096)
+    cli.bench(quick=True)
+    cli.bench(quick=True, sweep=True)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out and "\r" not in captured.err  # stderr is not a terminal here
+    assert "fastxent ms" in captured.out and "copy ms" in captured.out
+    table = [line for line in captured.out.splitlines() if line.startswith("float32")]
+    assert len(table) == 3 + 4  # three shapes, four class counts of the quick sweep

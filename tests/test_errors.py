@@ -30,7 +30,8 @@ CASES = [
     (np.zeros((4, 3)), np.array([0, -1, 0, 0]), {}, ValueError, r"label -1 at index \(1,\)"),
     (np.zeros((2, 2, 3)), np.array([[0, 1], [2**40, 0]]), {}, ValueError, r"at index \(1, 0\)"),
     (np.zeros((4, 3)), np.array([0, 1, -100, 0]), dict(ignore_index=-1), ValueError, "not ignore_index"),
-    (np.zeros((4, 3)), np.zeros(4, np.uint64) + 2**63 + 5, {}, ValueError, "out of range"),
+    (np.zeros((4, 3)), np.array([0, 2**64 - 1, 0, 1], np.uint64), {}, ValueError,
+     r"label 18446744073709551615 at index \(1,\) is outside \[0, 3\) and is not ignore_index \(-100\)"),
     (np.zeros((4, 3)), np.zeros(4, np.int64), dict(reduction="avg"), ValueError, "reduction must be one of"),
     (np.zeros((4, 3)), np.zeros(4, np.int64), dict(reduction=None), ValueError, "reduction must be one of"),
     (np.zeros((4, 3)), np.zeros(4, np.int64), dict(label_smoothing=1.5), ValueError, r"\[0, 1\]"),
@@ -184,3 +185,27 @@ def test_byte_swapped_inputs_are_accepted(rng):
     assert got[1].dtype == np.float64 and got[1].dtype.isnative
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+class TensorRequiringGrad:
+    """Stands in for a torch.Tensor with requires_grad=True (torch is optional)."""
+
+    requires_grad = True
+
+    def __init__(self, data):
+        self.data = data
+
+    def detach(self):
+        return self.data
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("must not be converted")
+
+
+@pytest.mark.parametrize("which", ["logits", "target"])
+def test_tensor_requiring_grad_points_to_the_torch_entry_point(which):
+    logits, labels = good()
+    args = [logits, labels.astype(np.float64)[:, None] * np.ones(3)]
+    args[which == "target"] = TensorRequiringGrad(args[which == "target"])
+    with pytest.raises(TypeError, match=rf"{which} is a tensor that requires grad: use fastxent.torch.cross_entropy"):
+        fx.cross_entropy_with_grad(*args)

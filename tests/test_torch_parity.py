@@ -65,3 +65,11 @@ def test_all_ignored_and_empty_like_torch():
     assert np.isnan(loss) and np.isnan(want_loss)
     np.testing.assert_array_equal(grad, want_grad)
     assert fx.cross_entropy(logits, labels, reduction="sum") == torch_loss_and_grad(logits, labels, reduction="sum")[0]
+
+
+def test_tensor_requiring_grad_gets_a_pointer_to_the_torch_entry_point():
+    x = torch.zeros(3, 4, requires_grad=True)
+    with pytest.raises(TypeError, match="fastxent.torch.cross_entropy"):
+        fx.cross_entropy(x, torch.zeros(3, dtype=torch.long))
+    loss = fx.cross_entropy(x.detach(), torch.zeros(3, dtype=torch.long))  # a plain tensor converts
+    np.testing.assert_allclose(loss, np.log(4), rtol=1e-6)
