@@ -238,3 +238,65 @@ os.environ["FASTXENT_CACHE"] = "0"
 import numpy as np, fastxent
 fastxent.cross_entropy_with_grad(np.zeros((4, 3), np.float32), np.zeros(4, np.int64))
 """
+
+
+class ClassSweep:
+    """Class counts from 2 to 32000 at a fixed problem size (2M elements), as
+    ratios to ``np.copyto`` of the logits (1.0 = the memory floor for an
+    out-of-place gradient), and scikit-learn's fused loss over fastxent's."""
+
+    params = (DTYPES, [2, 10, 32, 128, 1000, 32000])
+    param_names = ["dtype", "classes"]
+    unit = "ratio"
+    timeout = 600
+    ELEMENTS = 1 << 21
+
+    def setup(self, dtype, classes):
+        n = self.ELEMENTS // classes
+        rng = np.random.default_rng(0)
+        self.logits = rng.standard_normal((n, classes)).astype(dtype)
+        self.labels = rng.integers(0, classes, n)
+        self.grad = np.empty_like(self.logits)
+        self.scratch = self.logits.copy()
+        self._fused()
+        self._inplace()
+        fx.cross_entropy(self.logits, self.labels)
+
+    def _fused(self):
+        fx.cross_entropy_with_grad(self.logits, self.labels, grad_out=self.grad)
+
+    def _inplace(self):
+        fx.cross_entropy_with_grad(self.scratch, self.labels, grad_out=self.scratch)
+
+    def _over_copy(self, func):
+        t = interleaved_medians({"f": func, "copy": lambda: np.copyto(self.grad, self.logits)}, rounds=7)
+        return t["f"] / t["copy"]
+
+    def track_fused_over_copy(self, dtype, classes):
+        return self._over_copy(self._fused)
+
+    def track_inplace_over_copy(self, dtype, classes):
+        return self._over_copy(self._inplace)
+
+    def track_loss_only_over_copy(self, dtype, classes):
+        return self._over_copy(lambda: fx.cross_entropy(self.logits, self.labels))
+
+    def track_sklearn_over_fused(self, dtype, classes):
+        """scikit-learn HalfMultinomialLoss.loss_gradient time over fastxent's fused time."""
+        try:
+            from sklearn._loss.loss import HalfMultinomialLoss
+        except ImportError:
+            raise NotImplementedError("scikit-learn is not installed")  # asv: skipped
+        import numba
+
+        loss = HalfMultinomialLoss(n_classes=classes)
+        y = self.labels.astype(self.logits.dtype)
+        loss_out = np.empty(self.logits.shape[0], self.logits.dtype)
+        grad_out = np.empty_like(self.logits)
+        threads = numba.get_num_threads()
+
+        def sklearn_step():
+            loss.loss_gradient(y, self.logits, loss_out=loss_out, gradient_out=grad_out, n_threads=threads)
+
+        t = interleaved_medians({"fx": self._fused, "sk": sklearn_step}, rounds=7)
+        return t["sk"] / t["fx"]

@@ -6,15 +6,14 @@ fast-math policy, caching or the serial/parallel threshold is made once.
 
 import os
 
-# Fast-math flags for loops that *reduce* (sum of exps, max, dot products).
-# ``reassoc`` is what lets LLVM vectorize a floating-point sum. ``nnan`` and
-# ``ninf`` are deliberately absent: with them LLVM may delete the NaN checks
-# and treat the -inf of a masked logit as poison, changing results.
-# ``contract`` is absent too: together with ``reassoc`` it lets LLVM fuse
-# the products of a dot product into FMAs in an order that depends on the
-# function the loop is inlined into. Measured with Numba 0.60 (LLVM 14):
-# the parallel kernels and their serial twins then differed in the last bit
-# of some label-smoothed losses; without ``contract`` they agree.
+# Fast-math flags for the row max, the one reduction left to LLVM to
+# vectorize: ``reassoc`` lets it reorder the maxima, which cannot change the
+# result (a max is exact). Sums are never reassociated: LLVM's order then
+# depends on how a kernel was compiled, and a kernel compiled in-process and
+# the same kernel loaded from Numba's disk cache were measured to differ in
+# the last bit (kernels.py, "Sums along a row"). ``nnan`` and ``ninf`` are
+# absent: with them LLVM may delete the NaN checks and treat the -inf of a
+# masked logit as poison.
 REDUCE_FLAGS = frozenset({"reassoc", "nsz", "arcp", "afn"})
 
 # Flags for element-wise loops and per-row scalar arithmetic. No ``reassoc``:
@@ -52,6 +51,24 @@ PARALLEL_MIN_ELEMENTS = int(os.environ.get("FASTXENT_PARALLEL_MIN_ELEMENTS", 819
 ADAPTIVE_DISPATCH = os.environ.get("FASTXENT_ADAPTIVE", "1") != "0"
 PROBE_MIN_SECONDS = 0.05
 PROBE_MAX_SECONDS = 1.0
+
+# Class-index kernels lay rows of at most TILE_MAX_CLASSES classes out
+# class-major, TILE_ROWS rows at a time (one vector lane per row), instead
+# of looping along each short row. TILE_ROWS is a multiple of every vector
+# width. The crossover is measured (see README, Performance).
+TILE_ROWS = 64
+TILE_MAX_CLASSES = 32
+
+# Lanes of every sum along a row (kernels.py, "Sums along a row"): the
+# order of the additions is fixed by the code, not by the compiler. 64
+# lanes (4 vectors of 16 float32, 8 of 8 float64) measured faster than 32
+# or 16 at C = 1000 and 32000.
+SUM_LANES = 64
+
+# The rows of one call are split into at most this many groups whose loss
+# sums are added in group order: a fixed split, so batch totals do not
+# depend on the number of threads, and enough groups to balance the threads.
+SUM_GROUPS = 256
 
 # Options shared by every kernel. ``error_model="numpy"`` makes float
 # division by zero give inf/nan instead of raising, as NumPy does, and avoids

@@ -7,7 +7,6 @@ caller's inputs and buffers untouched.
 
 import math
 import operator
-import threading
 
 import numpy as np
 try:
@@ -197,24 +196,6 @@ def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
 
 
 # --------------------------------------------------------------------------
-# Scratch for per-row losses when the caller wants a reduced loss.
-# Kept per thread and grown on demand, so a loop allocates nothing.
-# --------------------------------------------------------------------------
-
-_scratch = threading.local()
-
-
-def _row_scratch(n, dtype):
-    buffers = getattr(_scratch, "buffers", None)
-    if buffers is None:
-        buffers = _scratch.buffers = {}
-    buf = buffers.get(dtype.char)
-    if buf is None or buf.shape[0] < n:
-        buf = buffers[dtype.char] = np.empty(max(n, 1), dtype=dtype)
-    return buf[:n]
-
-
-# --------------------------------------------------------------------------
 # Dispatch
 # --------------------------------------------------------------------------
 
@@ -236,7 +217,10 @@ def _divide(a, b):
 
 def _finish(p, total, row_loss, denominator, out=None):
     if p.reduction == "none":
-        return out if out is not None else row_loss.reshape(p.shape[:-1])
+        if out is not None:
+            return out
+        # None when the caller asked for no per-row losses (cross_entropy_grad)
+        return row_loss.reshape(p.shape[:-1]) if row_loss.shape[0] == p.logits.shape[0] else None
     return p.dtype.type(_divide(total, denominator))
 
 
@@ -251,13 +235,17 @@ def check_loss_out(p, out):
     return out
 
 
+NO_ROW_LOSS = {dt: np.empty(0, dtype=dt) for dt in _FLOATS}
+
+
 def _row_loss_buffer(p, out):
-    n = p.logits.shape[0]
+    """Where the kernels write per-row losses: nowhere (an empty array) for a
+    reduced loss, whose total the kernels sum themselves."""
     if out is not None:
         return out.reshape(-1)
     if p.reduction == "none":
-        return np.empty(n, dtype=p.dtype)
-    return _row_scratch(n, p.dtype)
+        return np.empty(p.logits.shape[0], dtype=p.dtype)
+    return NO_ROW_LOSS[p.dtype]
 
 
 # (parallel kernel, serial twin), keyed by (class-index target?, in place?)
@@ -405,7 +393,7 @@ def cross_entropy_grad(
         out = np.empty(p.shape, dtype=p.dtype)
     else:
         inplace = check_grad_out(p, out, None)
-    fused(p, out, _row_scratch(p.logits.shape[0], p.dtype), inplace=inplace)
+    fused(p, out, NO_ROW_LOSS[p.dtype], inplace=inplace)
     return out
 
 

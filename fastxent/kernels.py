@@ -29,9 +29,14 @@ Conventions shared by all kernels
 - ``grad_scale`` multiplies the gradient: ``1 / mean_denominator`` for a
   mean loss, 1 for a sum. The gradient written is that of
   ``grad_scale * sum(row_loss)``.
-- ``row_loss`` receives the per-row losses; the return value is their sum,
-  accumulated serially in float64 in row order, so it does not depend on
-  the number of threads.
+- ``row_loss`` receives the per-row losses, or is an empty array when only
+  their total is wanted (no pass over them then). The return value is the
+  total, accumulated in float64 in a fixed order (per group of rows, the
+  groups fixed by the shape, then over the groups), so it does not depend
+  on the number of threads.
+- Class-index kernels process rows of at most ``TILE_MAX_CLASSES`` classes
+  in class-major tiles of ``TILE_ROWS`` rows (see ``fastxent._config``);
+  results agree with the row path to rounding.
 - ``*_serial`` functions are identical twins without ``parallel=True``:
   use them for small problems (a parallel launch costs microseconds) or
   from inside your own parallel loops.
@@ -59,7 +64,7 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from . import _config
-from ._fastmath import cast_like, exp_nonpositive, maxnum
+from ._fastmath import cast_like, exp_nonpositive, log_sum, maxnum, stack_empty
 
 #: Pass as ``weight`` for unweighted classes (float64; its dtype is unused).
 NO_WEIGHT = np.empty(0, dtype=np.float64)
@@ -71,14 +76,16 @@ NO_WEIGHT = np.empty(0, dtype=np.float64)
 # --------------------------------------------------------------------------
 
 
-def _argument_check(name, rows_only, integer):
+def _argument_check(name, rows_only, integer, empty_ok=False):
     """A check of one array argument against the logits, callable from njit code.
 
     ``rows_only``: the array has one entry per row, else the logits' shape.
     ``integer``: its dtype is an integer type, else the logits' dtype.
+    ``empty_ok``: a length of 0 is accepted too (for "not wanted").
     """
     shape_msg = (
         f"{name} must have one entry per row of the logits (length logits.shape[0])"
+        + (", or length 0" if empty_ok else "")
         if rows_only
         else f"{name} must have the logits' shape (logits.shape[0], logits.shape[1])"
     )
@@ -97,6 +104,8 @@ def _argument_check(name, rows_only, integer):
         problem = type_problem(logits.dtype, arr.dtype, arr.ndim, arr.dtype.kind in "iu")
         if problem:
             raise TypeError(problem)
+        if empty_ok and arr.shape[0] == 0:
+            return
         if arr.shape[0] != logits.shape[0] or (not rows_only and arr.shape[1] != logits.shape[1]):
             raise ValueError(shape_msg)
 
@@ -108,7 +117,7 @@ def _argument_check(name, rows_only, integer):
         if rows_only:
 
             def impl(logits, arr):
-                if arr.shape[0] != logits.shape[0]:
+                if arr.shape[0] != logits.shape[0] and not (empty_ok and arr.shape[0] == 0):
                     raise ValueError(shape_msg)
 
         else:
@@ -126,7 +135,7 @@ def _argument_check(name, rows_only, integer):
 _check_grad = _argument_check("grad", rows_only=False, integer=False)
 _check_target = _argument_check("target", rows_only=False, integer=False)
 _check_out = _argument_check("out", rows_only=False, integer=False)
-_check_row_loss = _argument_check("row_loss", rows_only=True, integer=False)
+_check_row_loss = _argument_check("row_loss", rows_only=True, integer=False, empty_ok=True)
 _check_out_rows = _argument_check("out", rows_only=True, integer=False)
 _check_labels_arg = _argument_check("labels", rows_only=True, integer=True)
 
@@ -171,38 +180,72 @@ def _row_max(x, i):
     return m
 
 
-@njit(**_config.ROW_REDUCE)
+# Sums along a row run in an order written out here, not left to the
+# compiler: SUM_LANES interleaved partial sums (lane k takes the classes
+# k, k + SUM_LANES, ... in turn), then a fixed pairwise tree. LLVM
+# vectorizes the lanes as independent adds without reassociating anything,
+# so every compilation of a kernel (parallel or serial twin, inlined into a
+# user's function, compiled now or loaded from the disk cache) adds in the
+# same order and gives the same bits, whatever vector path it takes. With
+# ``reassoc`` the order was LLVM's choice per compilation, and a kernel
+# compiled in one process and loaded from the disk cache in another gave
+# results different in the last bit from one compiled in-process.
+
+SUM_LANES = _config.SUM_LANES
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _lanes_zero(x):
+    acc = stack_empty(x, SUM_LANES)
+    for k in range(SUM_LANES):
+        acc[k] = cast_like(x, 0.0)
+    return acc
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _lanes_total(acc):
+    """Pairwise sum of the lanes of ``acc`` (a power of two of them), in a fixed order; clobbers acc."""
+    h = acc.shape[0] // 2
+    while h:
+        for k in range(h):
+            acc[k] += acc[k + h]
+        h //= 2
+    return acc[0]
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _row_sum_exp(x, i, m):
-    s = cast_like(x, 0.0)
-    for c in range(x.shape[1]):
-        s += exp_nonpositive(x[i, c] - m)
-    return s
+    """sum_c exp(x_c - m)."""
+    acc = _lanes_zero(x)
+    n = x.shape[1]
+    main = n - n % SUM_LANES
+    for c0 in range(0, main, SUM_LANES):
+        for k in range(SUM_LANES):
+            acc[k] += exp_nonpositive(x[i, c0 + k] - m)
+    for c in range(main, n):
+        acc[c - main] += exp_nonpositive(x[i, c] - m)
+    return _lanes_total(acc)
 
 
-@njit(**_config.ROW_ELEMENTWISE)
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _row_exp_store(x, i, m, e):
-    """e = exp(x - m), returns sum(e); e is another array than x.
-
-    The sum is a second loop over e alone, on purpose. Fused into the store
-    loop, LLVM guards the vector path with a runtime check that x and e are
-    far enough apart, and takes the scalar path when they are not (two small
-    arrays allocated next to each other): the sum's order, and so its last
-    bit, would then depend on where the caller's buffers happen to lie.
-    """
-    for c in range(x.shape[1]):
-        e[i, c] = exp_nonpositive(x[i, c] - m)
-    return _row_sum(e, i)
-
-
-@njit(**_config.ROW_REDUCE)
-def _row_sum(e, i):
-    s = cast_like(e, 0.0)
-    for c in range(e.shape[1]):
-        s += e[i, c]
-    return s
+    """e = exp(x - m), returns sum(e); e is another array than x (or x itself)."""
+    acc = _lanes_zero(x)
+    n = x.shape[1]
+    main = n - n % SUM_LANES
+    for c0 in range(0, main, SUM_LANES):
+        for k in range(SUM_LANES):
+            v = exp_nonpositive(x[i, c0 + k] - m)
+            e[i, c0 + k] = v
+            acc[k] += v
+    for c in range(main, n):
+        v = exp_nonpositive(x[i, c] - m)
+        e[i, c] = v
+        acc[c - main] += v
+    return _lanes_total(acc)
 
 
-@njit(**_config.ROW_REDUCE)
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _row_exp_inplace(x, i, m):
     """x = exp(x - m), returns sum(x).
 
@@ -211,47 +254,73 @@ def _row_exp_inplace(x, i, m):
     are the same row that check sends every element down the scalar path
     (measured 6x slower).
     """
-    s = cast_like(x, 0.0)
-    for c in range(x.shape[1]):
+    acc = _lanes_zero(x)
+    n = x.shape[1]
+    main = n - n % SUM_LANES
+    for c0 in range(0, main, SUM_LANES):
+        for k in range(SUM_LANES):
+            v = exp_nonpositive(x[i, c0 + k] - m)
+            x[i, c0 + k] = v
+            acc[k] += v
+    for c in range(main, n):
         v = exp_nonpositive(x[i, c] - m)
         x[i, c] = v
-        s += v
-    return s
+        acc[c - main] += v
+    return _lanes_total(acc)
 
 
-@njit(**_config.ROW_REDUCE)
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _shift_term(x, i, c, m, weight):
+    if weight.shape[0] == 0:
+        return x[i, c] - m
+    w = cast_like(x, weight[c])
+    return w * (x[i, c] - m) if w != cast_like(x, 0.0) else cast_like(x, 0.0)  # 0 * log 0 = 0
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _row_weighted_shift_sum(x, i, m, weight):
     """sum_c w_c * (x_c - m), with w = 1 when ``weight`` is empty."""
-    s = cast_like(x, 0.0)
-    if weight.shape[0] == 0:
-        for c in range(x.shape[1]):
-            s += x[i, c] - m
-    else:
-        zero = cast_like(x, 0.0)
-        for c in range(x.shape[1]):
-            w = cast_like(x, weight[c])
-            s += w * (x[i, c] - m) if w != zero else zero  # 0 * log 0 = 0
-    return s
+    acc = _lanes_zero(x)
+    n = x.shape[1]
+    main = n - n % SUM_LANES
+    for c0 in range(0, main, SUM_LANES):
+        for k in range(SUM_LANES):
+            acc[k] += _shift_term(x, i, c0 + k, m, weight)
+    for c in range(main, n):
+        acc[c - main] += _shift_term(x, i, c, m, weight)
+    return _lanes_total(acc)
 
 
-@njit(**_config.ROW_REDUCE)
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _target_mass(x, i, c, t, weight, keep, spread):
+    """q_c = (keep t_c + spread) w_c."""
+    q = keep * t[i, c] + spread
+    return q * cast_like(x, weight[c]) if weight.shape[0] != 0 else q
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _row_target_dot(x, i, m, t, weight, keep, spread):
     """Returns (sum_c q_c (x_c - m), sum_c q_c), q_c = (keep t_c + spread) w_c.
 
     A class with q_c == 0 contributes nothing even if x_c is -inf.
     """
+    dot = _lanes_zero(x)
+    mass = stack_empty(x, SUM_LANES)
+    for k in range(SUM_LANES):
+        mass[k] = dot[k]
     zero = cast_like(x, 0.0)
-    dot = zero
-    total = zero
-    weighted = weight.shape[0] != 0
-    for c in range(x.shape[1]):
-        q = keep * t[i, c] + spread
-        if weighted:
-            q *= cast_like(x, weight[c])
-        d = q * (x[i, c] - m)
-        dot += d if q != zero else zero
-        total += q
-    return dot, total
+    n = x.shape[1]
+    main = n - n % SUM_LANES
+    for c0 in range(0, main, SUM_LANES):
+        for k in range(SUM_LANES):
+            q = _target_mass(x, i, c0 + k, t, weight, keep, spread)
+            dot[k] += q * (x[i, c0 + k] - m) if q != zero else zero
+            mass[k] += q
+    for c in range(main, n):
+        q = _target_mass(x, i, c, t, weight, keep, spread)
+        dot[c - main] += q * (x[i, c] - m) if q != zero else zero
+        mass[c - main] += q
+    return _lanes_total(dot), _lanes_total(mass)
 
 
 @njit(**_config.ROW_ELEMENTWISE)
@@ -376,11 +445,187 @@ def _probs_row(x, i, t, weight, keep, spread, scale, g, with_grad, inplace):
     return loss
 
 
+# --------------------------------------------------------------------------
+# Groups of rows. A call's rows are split into at most SUM_GROUPS groups of
+# consecutive rows, by a rule that depends on the shape only. Each group's
+# loss is summed in a fixed order and the groups' sums in group order, so
+# the batch total is the same for any number of threads. No pass over the
+# per-row losses is needed, so ``row_loss`` may be empty (not stored).
+# --------------------------------------------------------------------------
+
+# Row helpers are always called with an int64 index (a prange index is
+# unsigned): one specialization of each helper serves the parallel kernel
+# and its serial twin, which halves their compile work.
+
+TILE_ROWS = _config.TILE_ROWS
+TILE_ELEMENTS = _config.TILE_ROWS * _config.TILE_MAX_CLASSES
+SUM_GROUPS = _config.SUM_GROUPS
+
+
 @njit(**_config.ROW_ELEMENTWISE)
-def _sum_rows(row_loss):
+def _groups(logits, tiles):
+    """(tiled, n_groups, units per group) for a call on ``logits``.
+
+    The units are tiles of TILE_ROWS rows when ``tiles`` is allowed, C is at
+    most TILE_MAX_CLASSES and there is at least one full tile; rows otherwise.
+    """
+    n, c = logits.shape
+    tiled = tiles and c <= _config.TILE_MAX_CLASSES and n >= TILE_ROWS and logits.flags.c_contiguous
+    units = (n + TILE_ROWS - 1) // TILE_ROWS if tiled else n
+    per_group = (units + SUM_GROUPS - 1) // SUM_GROUPS
+    # Full groups only (but the last), so the threads' static halves of the
+    # groups hold equal work.
+    n_groups = (units + per_group - 1) // per_group if units else 0
+    return tiled, n_groups, per_group
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _sum_groups(partial, n_groups):
     total = 0.0
-    for i in range(row_loss.shape[0]):
-        total += row_loss[i]
+    for k in range(n_groups):
+        total += partial[k]
+    return total
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _labels_rows(x, labels, start, stop, weight, ignore_index, keep, spread, wsum, scale, g, row_loss, with_grad, inplace):
+    """Rows start..stop one at a time; returns their summed loss (float64, row order)."""
+    store = row_loss.shape[0] != 0
+    total = 0.0
+    for i in range(start, stop):
+        loss = _labels_row(x, i, labels[i], weight, ignore_index, keep, spread, wsum, scale, g, with_grad, inplace)
+        if store:
+            row_loss[i] = loss
+        total += loss
+    return total
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsum, scale, g, row_loss, with_grad, inplace):
+    """Tiles blk0..blk1 of TILE_ROWS rows, class-major; returns their summed loss.
+
+    With rows of a few classes, loops along a row never fill a vector. Each
+    tile is therefore transposed into ``T[c * TILE_ROWS + b] = x[r0 + b, c]``
+    so that every loop over the classes runs down the rows, one vector lane
+    per row: max, target logit, exp and sum, one (polynomial) log per lane,
+    gradient, and the gradient is transposed back. Every per-row sum runs
+    over the classes in order, so the results do not depend on how LLVM
+    vectorizes. Same formulas and semantics as `_labels_row`. Scratch lives
+    on the stack. Padding lanes of a last, partial tile are treated as
+    ignored rows and never written out.
+    """
+    n, n_classes = x.shape
+    B = TILE_ROWS
+    T = stack_empty(x, TILE_ELEMENTS)
+    m = stack_empty(x, B)  # row max
+    s = stack_empty(x, B)  # sum of exps, then the gradient factor
+    xy = stack_empty(x, B)  # target logit, then the row loss
+    shift = stack_empty(x, B)  # sum_c w_c (x_c - max), for label smoothing
+    mass = stack_empty(x, B)  # keep * w_y: the target's share of the row mass
+    y = stack_empty(labels, B)  # the label; -1 for ignored, invalid and padding lanes
+    state = stack_empty(labels, B)  # 0: a row to compute, 1: ignored or padding, 2: invalid label
+    acc = stack_empty(NO_WEIGHT, B)  # float64 loss of each lane, over the tiles
+    zero = cast_like(x, 0.0)
+    nan = cast_like(x, np.nan)
+    weighted = weight.shape[0] != 0
+    store = row_loss.shape[0] != 0
+    for b in range(B):
+        acc[b] = 0.0
+    for blk in range(blk0, blk1):
+        r0 = blk * B
+        nb = min(B, n - r0)
+        for b in range(nb):
+            for c in range(n_classes):
+                T[c * B + b] = x[r0 + b, c]
+        for b in range(nb, B):
+            for c in range(n_classes):
+                T[c * B + b] = zero
+        for b in range(B):
+            label = labels[min(r0 + b, n - 1)]
+            ignored = b >= nb or label == ignore_index
+            invalid = not ignored and (label < 0 or label >= n_classes)
+            y[b] = -1 if ignored or invalid else label
+            state[b] = 2 if invalid else (1 if ignored else 0)
+            w_y = cast_like(x, weight[max(y[b], 0)]) if weighted else cast_like(x, 1.0)
+            mass[b] = keep * w_y if y[b] >= 0 else zero
+        for b in range(B):
+            m[b] = T[b]
+            xy[b] = T[b] if y[b] == 0 else zero
+        for c in range(1, n_classes):
+            for b in range(B):
+                t = T[c * B + b]
+                m[b] = maxnum(m[b], t)
+                xy[b] = t if y[b] == c else xy[b]
+        if spread != zero:
+            for b in range(B):
+                shift[b] = zero
+            for c in range(n_classes):
+                w = cast_like(x, weight[c]) if weighted else cast_like(x, 1.0)
+                for b in range(B):
+                    d = w * (T[c * B + b] - m[b])
+                    shift[b] += d if w != zero else zero  # 0 * log 0 = 0
+        for b in range(B):
+            s[b] = zero
+        for c in range(n_classes):
+            for b in range(B):
+                e = exp_nonpositive(T[c * B + b] - m[b])
+                if with_grad:
+                    T[c * B + b] = e
+                s[b] += e
+        for b in range(B):
+            log_s = log_sum(s[b])
+            target_mass = mass[b]
+            loss = target_mass * ((m[b] - xy[b]) + log_s) if target_mass != zero else zero
+            if spread != zero:
+                loss += spread * (wsum * log_s - shift[b])
+            loss = zero if state[b] == 1 else loss
+            loss = nan if state[b] == 2 else loss
+            xy[b] = loss
+            acc[b] += loss
+            if with_grad:
+                s[b] = scale * (target_mass + spread * wsum) / s[b]
+        if store:
+            for b in range(nb):
+                row_loss[r0 + b] = xy[b]
+        if with_grad:
+            spread_scale = scale * spread
+            for c in range(n_classes):
+                w = cast_like(x, weight[c]) if weighted else cast_like(x, 1.0)
+                for b in range(B):
+                    v = s[b] * T[c * B + b] - spread_scale * w
+                    v = v - scale * mass[b] if y[b] == c else v
+                    v = zero if state[b] == 1 else v
+                    T[c * B + b] = nan if state[b] == 2 else v
+            for b in range(nb):
+                for c in range(n_classes):
+                    g[r0 + b, c] = T[c * B + b]
+    return _lanes_total(acc)
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _labels_group(x, labels, grp, tiled, per_group, weight, ignore_index, keep, spread, wsum, scale, g, row_loss,
+                  with_grad, inplace):
+    """Summed loss of group ``grp`` (see `_groups`), by tiles or by rows."""
+    start = grp * per_group
+    if tiled:
+        n_tiles = (x.shape[0] + TILE_ROWS - 1) // TILE_ROWS
+        return _labels_tiles(x, labels, start, min(n_tiles, start + per_group), weight, ignore_index, keep, spread,
+                             wsum, scale, g, row_loss, with_grad, inplace)
+    return _labels_rows(x, labels, start, min(x.shape[0], start + per_group), weight, ignore_index, keep, spread,
+                        wsum, scale, g, row_loss, with_grad, inplace)
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _probs_group(x, t, grp, per_group, weight, keep, spread, scale, g, row_loss, with_grad, inplace):
+    """Summed loss of the rows of group ``grp`` (probability targets, by rows)."""
+    store = row_loss.shape[0] != 0
+    total = 0.0
+    start = grp * per_group
+    for i in range(start, min(x.shape[0], start + per_group)):
+        loss = _probs_row(x, i, t, weight, keep, spread, scale, g, with_grad, inplace)
+        if store:
+            row_loss[i] = loss
+        total += loss
     return total
 
 
@@ -405,12 +650,14 @@ def xent_labels_fused(logits, labels, weight, ignore_index, label_smoothing, gra
         Factor applied to the gradient (1 / denominator for a mean loss).
     grad : (N, C) output, the logits' dtype; must not overlap ``logits``
         (use ``xent_labels_fused_inplace`` for that).
-    row_loss : (N,) output, the logits' dtype
+    row_loss : (N,) output of the logits' dtype for the per-row losses, or
+        an empty array when only their total is wanted.
 
     Returns
     -------
     float
-        ``sum(row_loss)``, accumulated in float64 in row order.
+        The summed row losses, accumulated in float64 in a fixed order
+        (per group of rows, then over the groups; see `_groups`).
     """
     _check_logits_and_weight(logits, weight)
     _check_labels_arg(logits, labels)
@@ -419,9 +666,12 @@ def xent_labels_fused(logits, labels, weight, ignore_index, label_smoothing, gra
     keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
-    for i in prange(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, scale, grad, True, False)
-    return _sum_rows(row_loss)
+    tiled, n_groups, per_group = _groups(logits, grad.flags.c_contiguous)
+    partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
+    for grp in prange(n_groups):
+        partial[grp] = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index, keep, spread, wsum,
+                                     scale, grad, row_loss, True, False)
+    return _sum_groups(partial, n_groups)
 
 
 def xent_labels_fused_inplace(logits, labels, weight, ignore_index, label_smoothing, grad_scale, row_loss):
@@ -436,9 +686,12 @@ def xent_labels_fused_inplace(logits, labels, weight, ignore_index, label_smooth
     keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
-    for i in prange(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, scale, logits, True, True)
-    return _sum_rows(row_loss)
+    tiled, n_groups, per_group = _groups(logits, True)
+    partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
+    for grp in prange(n_groups):
+        partial[grp] = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index, keep, spread, wsum,
+                                     scale, logits, row_loss, True, True)
+    return _sum_groups(partial, n_groups)
 
 
 def xent_labels_loss(logits, labels, weight, ignore_index, label_smoothing, row_loss):
@@ -453,9 +706,12 @@ def xent_labels_loss(logits, labels, weight, ignore_index, label_smoothing, row_
     keep, spread = _smoothing_split(logits, label_smoothing)
     wsum = _class_weight_sum(logits, weight)
     one = cast_like(logits, 1.0)
-    for i in prange(logits.shape[0]):
-        row_loss[i] = _labels_row(logits, i, labels[i], weight, ignore_index, keep, spread, wsum, one, logits, False, False)
-    return _sum_rows(row_loss)
+    tiled, n_groups, per_group = _groups(logits, True)
+    partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
+    for grp in prange(n_groups):
+        partial[grp] = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index, keep, spread, wsum,
+                                     one, logits, row_loss, False, False)
+    return _sum_groups(partial, n_groups)
 
 
 xent_labels_fused, xent_labels_fused_serial = _twins(xent_labels_fused)
@@ -483,7 +739,7 @@ def xent_probs_fused(logits, target, weight, label_smoothing, grad_scale, grad, 
     Returns
     -------
     float
-        ``sum(row_loss)``, accumulated in float64 in row order.
+        The summed row losses, as in `xent_labels_fused`.
     """
     _check_logits_and_weight(logits, weight)
     _check_target(logits, target)
@@ -491,9 +747,12 @@ def xent_probs_fused(logits, target, weight, label_smoothing, grad_scale, grad, 
     _check_row_loss(logits, row_loss)
     keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
-    for i in prange(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, scale, grad, True, False)
-    return _sum_rows(row_loss)
+    _, n_groups, per_group = _groups(logits, False)
+    partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
+    for grp in prange(n_groups):
+        partial[grp] = _probs_group(logits, target, np.int64(grp), per_group, weight, keep, spread, scale, grad, row_loss, True,
+                                    False)
+    return _sum_groups(partial, n_groups)
 
 
 def xent_probs_fused_inplace(logits, target, weight, label_smoothing, grad_scale, row_loss):
@@ -503,9 +762,12 @@ def xent_probs_fused_inplace(logits, target, weight, label_smoothing, grad_scale
     _check_row_loss(logits, row_loss)
     keep, spread = _smoothing_split(logits, label_smoothing)
     scale = cast_like(logits, grad_scale)
-    for i in prange(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, scale, logits, True, True)
-    return _sum_rows(row_loss)
+    _, n_groups, per_group = _groups(logits, False)
+    partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
+    for grp in prange(n_groups):
+        partial[grp] = _probs_group(logits, target, np.int64(grp), per_group, weight, keep, spread, scale, logits, row_loss,
+                                    True, True)
+    return _sum_groups(partial, n_groups)
 
 
 def xent_probs_loss(logits, target, weight, label_smoothing, row_loss):
@@ -515,9 +777,12 @@ def xent_probs_loss(logits, target, weight, label_smoothing, row_loss):
     _check_row_loss(logits, row_loss)
     keep, spread = _smoothing_split(logits, label_smoothing)
     one = cast_like(logits, 1.0)
-    for i in prange(logits.shape[0]):
-        row_loss[i] = _probs_row(logits, i, target, weight, keep, spread, one, logits, False, False)
-    return _sum_rows(row_loss)
+    _, n_groups, per_group = _groups(logits, False)
+    partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
+    for grp in prange(n_groups):
+        partial[grp] = _probs_group(logits, target, np.int64(grp), per_group, weight, keep, spread, one, logits, row_loss,
+                                    False, False)
+    return _sum_groups(partial, n_groups)
 
 
 xent_probs_fused, xent_probs_fused_serial = _twins(xent_probs_fused)
@@ -595,7 +860,7 @@ def log_softmax_rows(x, out):
     _check_logits_and_weight(x, x[0:0, 0])
     _check_out(x, out)
     for i in prange(x.shape[0]):
-        _log_softmax_row(x, i, out)
+        _log_softmax_row(x, np.int64(i), out)
 
 
 def softmax_rows(x, out):
@@ -603,7 +868,7 @@ def softmax_rows(x, out):
     _check_logits_and_weight(x, x[0:0, 0])
     _check_out(x, out)
     for i in prange(x.shape[0]):
-        _softmax_row(x, i, out)
+        _softmax_row(x, np.int64(i), out)
 
 
 def logsumexp_rows(x, out):
@@ -611,7 +876,7 @@ def logsumexp_rows(x, out):
     _check_logits_and_weight(x, x[0:0, 0])
     _check_out_rows(x, out)
     for i in prange(x.shape[0]):
-        out[i] = _logsumexp_row(x, i)
+        out[i] = _logsumexp_row(x, np.int64(i))
 
 
 log_softmax_rows, log_softmax_rows_serial = _twins(log_softmax_rows)

@@ -59,7 +59,7 @@ class CrossEntropyLoss:
         p = api.prepare(logits, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing)
         grad, row_loss = self._buffers(p.shape, p.dtype)
         self._has_grad = False
-        loss = api.fused(p, grad, row_loss.reshape(-1))
+        loss = api.fused(p, grad, row_loss.reshape(-1) if p.reduction == "none" else api.NO_ROW_LOSS[p.dtype])
         self._has_grad = True
         return loss
 

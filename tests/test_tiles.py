@@ -1,0 +1,98 @@
+"""The class-major tile path (small C) against the float64 reference.
+
+Class-index kernels take the tile path when C <= TILE_MAX_CLASSES and there
+is at least one full tile of TILE_ROWS rows; these cases sit on both sides
+of both limits and at tile edges.
+"""
+
+import numpy as np
+import pytest
+
+import fastxent as fx
+from fastxent import _config, kernels
+import reference as ref
+from conftest import tolerances
+
+B = _config.TILE_ROWS
+CMAX = _config.TILE_MAX_CLASSES
+
+SHAPES = [
+    (B, 2),  # exactly one tile
+    (B - 1, 5),  # one row short of a tile: the row path
+    (3 * B + 7, 10),  # a partial last tile
+    (5 * B, CMAX),  # the largest C on the tile path
+    (2 * B + 1, CMAX + 1),  # the smallest C on the row path
+    (B + 3, 1),  # one class
+]
+OPTIONS = [
+    {},
+    dict(label_smoothing=0.2),
+    dict(weight="random", ignore_index=1, label_smoothing=0.1),
+    dict(reduction="sum"),
+    dict(reduction="none", weight="random"),
+]
+
+
+def make(rng, shape, dtype, opts):
+    n, c = shape
+    logits = (rng.standard_normal(shape) * 3).astype(dtype)
+    labels = rng.integers(0, c, n)
+    labels[rng.random(n) < 0.1] = opts.get("ignore_index", -100)
+    if opts.get("weight") == "random":
+        opts = dict(opts, weight=(rng.random(c) + 0.5).astype(dtype))
+    return logits, labels, opts
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_tile_path_matches_reference(rng, dtype, shape, opts):
+    logits, labels, opts = make(rng, shape, dtype, opts)
+    rtol, atol = tolerances(dtype)
+    want_loss, want_grad = ref.cross_entropy_with_grad(logits, labels, **opts)
+    loss, grad = fx.cross_entropy_with_grad(logits, labels, **opts)
+    np.testing.assert_allclose(loss, want_loss, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(grad, want_grad, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(fx.cross_entropy(logits, labels, **opts), want_loss, rtol=rtol, atol=atol)
+    x = logits.copy()
+    loss_inplace, _ = fx.cross_entropy_with_grad(x, labels, grad_out=x, **opts)
+    np.testing.assert_allclose(loss_inplace, want_loss, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(x, want_grad, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_and_bad_rows_inside_a_tile(rng, dtype):
+    n, c = 2 * B + 5, 7
+    logits = rng.standard_normal((n, c)).astype(dtype)
+    labels = rng.integers(0, c, n)
+    logits[3, 2] = np.nan  # a NaN row in the first tile
+    logits[B + 1, :] = -np.inf  # an all -inf row in the second
+    logits[B + 2, 0] = -np.inf  # a masked class
+    labels[B + 3] = -100  # an ignored row with NaN logits
+    logits[B + 3, 1] = np.nan
+    labels[2 * B + 1] = 50  # a bad label in the last, partial tile
+    grad = np.empty_like(logits)
+    rows = np.empty(n, dtype)
+    kernels.xent_labels_fused(logits, labels, logits[0, :0], -100, 0.0, 1.0, grad, rows)
+    good = np.ones(n, bool)
+    good[[3, B + 1, B + 3, 2 * B + 1]] = False
+    want_rows, want_grad = ref.cross_entropy_with_grad(logits[good], labels[good], reduction="none")
+    rtol, atol = tolerances(dtype)
+    np.testing.assert_allclose(rows[good], want_rows, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(grad[good], want_grad, rtol=rtol, atol=atol)
+    for bad in (3, B + 1, 2 * B + 1):
+        assert np.isnan(rows[bad]) and np.isnan(grad[bad]).all()
+    assert rows[B + 3] == 0 and (grad[B + 3] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_total_without_per_row_losses(rng, dtype):
+    """An empty row_loss: nothing stored, the same total."""
+    logits, labels, _ = make(rng, (3 * B + 2, 6), dtype, {})
+    rows = np.empty(labels.shape[0], dtype)
+    grad, grad2 = np.empty_like(logits), np.empty_like(logits)
+    total = kernels.xent_labels_fused(logits, labels, kernels.NO_WEIGHT, -100, 0.1, 1.0, grad, rows)
+    total2 = kernels.xent_labels_fused(logits, labels, kernels.NO_WEIGHT, -100, 0.1, 1.0, grad2, rows[:0])
+    assert total == total2
+    np.testing.assert_array_equal(grad, grad2)
+    np.testing.assert_allclose(total, rows.astype(np.float64).sum(), rtol=1e-12)
