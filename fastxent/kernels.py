@@ -182,7 +182,8 @@ def _row_max(x, i):
 
 # Sums along a row run in an order written out here, not left to the
 # compiler: SUM_LANES interleaved partial sums (lane k takes the classes
-# k, k + SUM_LANES, ... in turn), then a fixed pairwise tree. LLVM
+# k, k + SUM_LANES, ... in turn), then a fixed pairwise tree; a row shorter
+# than SUM_LANES is summed in class order. LLVM
 # vectorizes the lanes as independent adds without reassociating anything,
 # so every compilation of a kernel (parallel or serial twin, inlined into a
 # user's function, compiled now or loaded from the disk cache) adds in the
@@ -216,8 +217,13 @@ def _lanes_total(acc):
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _row_sum_exp(x, i, m):
     """sum_c exp(x_c - m)."""
-    acc = _lanes_zero(x)
     n = x.shape[1]
+    if n < SUM_LANES:  # a short row: one sum in class order
+        s = cast_like(x, 0.0)
+        for c in range(n):
+            s += exp_nonpositive(x[i, c] - m)
+        return s
+    acc = _lanes_zero(x)
     main = n - n % SUM_LANES
     for c0 in range(0, main, SUM_LANES):
         for k in range(SUM_LANES):
@@ -230,8 +236,15 @@ def _row_sum_exp(x, i, m):
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _row_exp_store(x, i, m, e):
     """e = exp(x - m), returns sum(e); e is another array than x (or x itself)."""
-    acc = _lanes_zero(x)
     n = x.shape[1]
+    if n < SUM_LANES:  # a short row: one sum in class order
+        s = cast_like(x, 0.0)
+        for c in range(n):
+            v = exp_nonpositive(x[i, c] - m)
+            e[i, c] = v
+            s += v
+        return s
+    acc = _lanes_zero(x)
     main = n - n % SUM_LANES
     for c0 in range(0, main, SUM_LANES):
         for k in range(SUM_LANES):
@@ -254,8 +267,15 @@ def _row_exp_inplace(x, i, m):
     are the same row that check sends every element down the scalar path
     (measured 6x slower).
     """
-    acc = _lanes_zero(x)
     n = x.shape[1]
+    if n < SUM_LANES:  # a short row: one sum in class order
+        s = cast_like(x, 0.0)
+        for c in range(n):
+            v = exp_nonpositive(x[i, c] - m)
+            x[i, c] = v
+            s += v
+        return s
+    acc = _lanes_zero(x)
     main = n - n % SUM_LANES
     for c0 in range(0, main, SUM_LANES):
         for k in range(SUM_LANES):
@@ -280,8 +300,13 @@ def _shift_term(x, i, c, m, weight):
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _row_weighted_shift_sum(x, i, m, weight):
     """sum_c w_c * (x_c - m), with w = 1 when ``weight`` is empty."""
-    acc = _lanes_zero(x)
     n = x.shape[1]
+    if n < SUM_LANES:  # a short row: one sum in class order
+        s = cast_like(x, 0.0)
+        for c in range(n):
+            s += _shift_term(x, i, c, m, weight)
+        return s
+    acc = _lanes_zero(x)
     main = n - n % SUM_LANES
     for c0 in range(0, main, SUM_LANES):
         for k in range(SUM_LANES):
@@ -304,12 +329,19 @@ def _row_target_dot(x, i, m, t, weight, keep, spread):
 
     A class with q_c == 0 contributes nothing even if x_c is -inf.
     """
+    zero = cast_like(x, 0.0)
+    n = x.shape[1]
+    if n < SUM_LANES:  # a short row: sums in class order
+        d_sum, q_sum = zero, zero
+        for c in range(n):
+            q = _target_mass(x, i, c, t, weight, keep, spread)
+            d_sum += q * (x[i, c] - m) if q != zero else zero
+            q_sum += q
+        return d_sum, q_sum
     dot = _lanes_zero(x)
     mass = stack_empty(x, SUM_LANES)
     for k in range(SUM_LANES):
         mass[k] = dot[k]
-    zero = cast_like(x, 0.0)
-    n = x.shape[1]
     main = n - n % SUM_LANES
     for c0 in range(0, main, SUM_LANES):
         for k in range(SUM_LANES):
