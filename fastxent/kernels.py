@@ -235,7 +235,7 @@ def _row_sum_exp(x, i, m):
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _row_exp_store(x, i, m, e):
-    """e = exp(x - m), returns sum(e); e is another array than x (or x itself)."""
+    """e = exp(x - m), returns sum(e); e may be x itself (the in-place kernels)."""
     n = x.shape[1]
     if n < SUM_LANES:  # a short row: one sum in class order
         s = cast_like(x, 0.0)
@@ -254,37 +254,6 @@ def _row_exp_store(x, i, m, e):
     for c in range(main, n):
         v = exp_nonpositive(x[i, c] - m)
         e[i, c] = v
-        acc[c - main] += v
-    return _lanes_total(acc)
-
-
-@njit(inline="always", **_config.ROW_ELEMENTWISE)
-def _row_exp_inplace(x, i, m):
-    """x = exp(x - m), returns sum(x).
-
-    A one-array twin of `_row_exp_store`: with two array arguments LLVM
-    guards the vector loop with a runtime overlap check, and when the two
-    are the same row that check sends every element down the scalar path
-    (measured 6x slower).
-    """
-    n = x.shape[1]
-    if n < SUM_LANES:  # a short row: one sum in class order
-        s = cast_like(x, 0.0)
-        for c in range(n):
-            v = exp_nonpositive(x[i, c] - m)
-            x[i, c] = v
-            s += v
-        return s
-    acc = _lanes_zero(x)
-    main = n - n % SUM_LANES
-    for c0 in range(0, main, SUM_LANES):
-        for k in range(SUM_LANES):
-            v = exp_nonpositive(x[i, c0 + k] - m)
-            x[i, c0 + k] = v
-            acc[k] += v
-    for c in range(main, n):
-        v = exp_nonpositive(x[i, c] - m)
-        x[i, c] = v
         acc[c - main] += v
     return _lanes_total(acc)
 
@@ -410,9 +379,7 @@ def _row_exps(x, i, m, g, with_grad, inplace):
     """sum_c exp(x_c - m); the exps also go into g (or x) when asked."""
     if not with_grad:
         return _row_sum_exp(x, i, m)
-    if inplace:
-        return _row_exp_inplace(x, i, m)
-    return _row_exp_store(x, i, m, g)
+    return _row_exp_store(x, i, m, x if inplace else g)
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
