@@ -182,8 +182,7 @@ def _row_max(x, i):
 
 # Sums along a row run in an order written out here, not left to the
 # compiler: SUM_LANES interleaved partial sums (lane k takes the classes
-# k, k + SUM_LANES, ... in turn), then a fixed pairwise tree; a row shorter
-# than SUM_LANES is summed in class order. LLVM
+# k, k + SUM_LANES, ... in turn), then a fixed pairwise tree. LLVM
 # vectorizes the lanes as independent adds without reassociating anything,
 # so every compilation of a kernel (parallel or serial twin, inlined into a
 # user's function, compiled now or loaded from the disk cache) adds in the
@@ -218,11 +217,6 @@ def _lanes_total(acc):
 def _row_sum_exp(x, i, m):
     """sum_c exp(x_c - m)."""
     n = x.shape[1]
-    if n < SUM_LANES:  # a short row: one sum in class order
-        s = cast_like(x, 0.0)
-        for c in range(n):
-            s += exp_nonpositive(x[i, c] - m)
-        return s
     acc = _lanes_zero(x)
     main = n - n % SUM_LANES
     for c0 in range(0, main, SUM_LANES):
@@ -237,13 +231,6 @@ def _row_sum_exp(x, i, m):
 def _row_exp_store(x, i, m, e):
     """e = exp(x - m), returns sum(e); e may be x itself (the in-place kernels)."""
     n = x.shape[1]
-    if n < SUM_LANES:  # a short row: one sum in class order
-        s = cast_like(x, 0.0)
-        for c in range(n):
-            v = exp_nonpositive(x[i, c] - m)
-            e[i, c] = v
-            s += v
-        return s
     acc = _lanes_zero(x)
     main = n - n % SUM_LANES
     for c0 in range(0, main, SUM_LANES):
@@ -270,11 +257,6 @@ def _shift_term(x, i, c, m, weight):
 def _row_weighted_shift_sum(x, i, m, weight):
     """sum_c w_c * (x_c - m), with w = 1 when ``weight`` is empty."""
     n = x.shape[1]
-    if n < SUM_LANES:  # a short row: one sum in class order
-        s = cast_like(x, 0.0)
-        for c in range(n):
-            s += _shift_term(x, i, c, m, weight)
-        return s
     acc = _lanes_zero(x)
     main = n - n % SUM_LANES
     for c0 in range(0, main, SUM_LANES):
@@ -300,13 +282,6 @@ def _row_target_dot(x, i, m, t, weight, keep, spread):
     """
     zero = cast_like(x, 0.0)
     n = x.shape[1]
-    if n < SUM_LANES:  # a short row: sums in class order
-        d_sum, q_sum = zero, zero
-        for c in range(n):
-            q = _target_mass(x, i, c, t, weight, keep, spread)
-            d_sum += q * (x[i, c] - m) if q != zero else zero
-            q_sum += q
-        return d_sum, q_sum
     dot = _lanes_zero(x)
     mass = stack_empty(x, SUM_LANES)
     for k in range(SUM_LANES):
