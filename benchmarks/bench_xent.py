@@ -148,6 +148,41 @@ class SpeedupVsTorch(Speedup):
     track_inplace_over_copy = None
 
 
+class TorchAdapter:
+    """The PyTorch training step: fastxent.torch.cross_entropy against
+    F.cross_entropy, forward and backward on the same leaf tensor."""
+
+    params = (["float32"], ["8192x10", "512x32000"])
+    param_names = ["dtype", "shape"]
+
+    def setup(self, dtype, shape):
+        if torch is None:
+            raise NotImplementedError("torch is not installed")  # asv: skipped
+        import fastxent.torch as ft
+
+        torch.set_num_threads(__import__("numba").get_num_threads())
+        logits, labels, _ = make_inputs(dtype, shape)
+        self.x = torch.from_numpy(logits).requires_grad_()
+        self.y = torch.from_numpy(labels)
+        self.loss = ft.cross_entropy
+        self.time_adapter_step(dtype, shape)  # compile before timing
+
+    def _step(self, loss_fn):
+        self.x.grad = None
+        loss_fn(self.x, self.y).backward()
+
+    def time_adapter_step(self, dtype, shape):
+        self._step(self.loss)
+
+    def track_adapter_speedup_vs_torch(self, dtype, shape):
+        t = interleaved_medians(
+            {"fx": lambda: self._step(self.loss), "torch": lambda: self._step(F.cross_entropy)}, rounds=7
+        )
+        return t["torch"] / t["fx"]
+
+    track_adapter_speedup_vs_torch.unit = "ratio"
+
+
 class SimulationCall:
     """Many small calls, the simulation user: from Python and from @njit code."""
 

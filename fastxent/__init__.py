@@ -5,7 +5,7 @@ Public API: `cross_entropy`, `cross_entropy_grad`, `cross_entropy_with_grad`,
 njit-callable kernel layer `fastxent.kernels`.
 """
 
-from . import kernels
+from . import _njit, kernels  # noqa: F401 (_njit: the public names inside @njit code)
 from .api import cross_entropy, cross_entropy_grad, cross_entropy_with_grad, log_softmax, logsumexp, softmax
 from .loss import CrossEntropyLoss
 

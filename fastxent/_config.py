@@ -76,6 +76,10 @@ SUM_GROUPS = 256
 # global setting so NUMBA_BOUNDSCHECK=1 checks every kernel in CI.
 _COMMON = dict(cache=CACHE, error_model="numpy", nogil=True)
 
+# The public functions inside user @njit code (_njit.py): IEEE division, as
+# in the kernels; no caching of their own (they compile into the caller).
+NJIT_API = dict(error_model="numpy")
+
 PARALLEL = dict(_COMMON, parallel=True, fastmath=set(ELEMENTWISE_FLAGS))
 SERIAL = dict(_COMMON, fastmath=set(ELEMENTWISE_FLAGS))
 # Row helpers are inlined into the kernels at the LLVM level; their own

@@ -117,19 +117,21 @@ if _JIT:
     @intrinsic
     def stack_empty(typingctx, like, size):
         """An uninitialised 1-D array of ``size`` (a literal int) elements of
-        ``like``'s dtype, on the stack of the function that calls this.
+        ``like``'s dtype (``like`` is an array or a scalar), on the stack of
+        the function that calls this.
 
         Scratch without a heap allocation: the memory lives in the calling
         function's frame (the entry block's ``alloca``, so once per call even
         inside a loop) and must not escape it.
         """
-        if not isinstance(size, types.IntegerLiteral) or not isinstance(like, types.Array):
+        if not isinstance(size, types.IntegerLiteral) or not isinstance(like, (types.Array, types.Number)):
             return None
         n = size.literal_value
-        arrty = types.Array(like.dtype, 1, "C")
+        dtype = like.dtype if isinstance(like, types.Array) else like
+        arrty = types.Array(dtype, 1, "C")
 
         def codegen(context, builder, sig, args):
-            llty = context.get_data_type(like.dtype)
+            llty = context.get_data_type(dtype)
             data = cgutils.alloca_once(builder, llty, size=n)
             ary = context.make_array(arrty)(context, builder)
             itemsize = context.get_abi_sizeof(llty)
@@ -162,7 +164,7 @@ else:  # NUMBA_DISABLE_JIT=1 (coverage runs): plain Python equivalents
 
     def stack_empty(like, size):
         """An uninitialised 1-D array of ``size`` elements of ``like``'s dtype."""
-        return np.empty(size, like.dtype)
+        return np.empty(size, np.asarray(like).dtype)
 
     def frexp_parts(x):
         """(f, e) with x = f * 2**e and f in [0.5, 1), for a positive normal x."""

@@ -802,6 +802,34 @@ def check_labels(labels, weight, n_classes, ignore_index):
 
 
 # --------------------------------------------------------------------------
+# One row, for callers in compiled code (the simulation user: one agent's
+# action scores at a time). The batch kernels' per-call setup (groups,
+# partial sums, calls between compiled functions passing arrays) costs
+# about twice a 10-class row's arithmetic; this entry is inlined into its
+# caller and runs the same row helper, so it gives the same bits as a
+# one-row batch call.
+# --------------------------------------------------------------------------
+
+
+@njit(inline="always", **_config.SERIAL)
+def xent_label_row(logits, label, weight, ignore_index, label_smoothing, grad_scale, grad, with_grad, inplace):
+    """Loss of row 0 of a (1, C) ``logits`` against class index ``label``.
+
+    With ``with_grad`` the gradient, times ``grad_scale``, goes into row 0
+    of ``grad`` (which is ``logits`` itself when ``inplace``). A label
+    outside ``[0, C)`` that is not ``ignore_index`` gives NaN, as in the
+    batch kernels; check it first to raise instead.
+    """
+    _check_logits_and_weight(logits, weight)
+    if with_grad:
+        _check_grad(logits, grad)
+    keep, spread = _smoothing_split(logits, label_smoothing)
+    wsum = _class_weight_sum(logits, weight)
+    return _labels_row(logits, np.int64(0), label, weight, ignore_index, keep, spread, wsum,
+                       cast_like(logits, grad_scale), grad, with_grad, inplace)
+
+
+# --------------------------------------------------------------------------
 # Row-wise primitives over the last axis of a 2-D array.
 # --------------------------------------------------------------------------
 

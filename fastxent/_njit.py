@@ -1,0 +1,411 @@
+"""The public functions inside user ``@njit`` code.
+
+``fastxent.cross_entropy`` and its siblings (api.py) are plain Python
+functions. This module gives each one a Numba overload, so that the same
+call, keywords included, compiles inside a user's ``@njit`` function:
+
+    @njit
+    def step(logits, labels, grad):
+        return fastxent.cross_entropy_with_grad(logits, labels, grad_out=grad)
+
+The overloads run the serial kernels (safe inside the user's own
+``prange``), accept 1-D logits (one sample) as well as 2-D ones, and
+allocate nothing when the output buffers are given. What they check, and
+how, differs from the Python API where compiled code forces it:
+
+- types are checked when the caller compiles (``TypingError`` naming the
+  argument); arrays must already have the logits' dtype, nothing is
+  converted;
+- ``reduction`` must be a string constant, since "none" returns an array
+  and "mean"/"sum" a scalar;
+- shapes, label range and ``label_smoothing`` are checked at run time
+  (``ValueError``, before anything is written);
+- ``grad_out`` (``out`` of `cross_entropy_grad`) may be the logits array
+  itself (in-place mode, recognised by its data pointer); a partial overlap
+  with the inputs is not detected.
+"""
+
+import numpy as np
+from numba import njit, types
+from numba.core.errors import TypingError
+from numba.extending import overload
+
+from . import _config, api, kernels
+from ._fastmath import cast_like, stack_empty
+
+_OVERLOAD = dict(jit_options=_config.NJIT_API, prefer_literal=True)
+
+
+# --------------------------------------------------------------------------
+# Typing-time checks: they run when the caller compiles.
+# --------------------------------------------------------------------------
+
+
+def _absent(arg):
+    return arg is None or isinstance(arg, (types.NoneType, types.Omitted))
+
+
+def _constant(arg, name, allowed):
+    """The compile-time value of a string option (a literal, or omitted)."""
+    if isinstance(arg, types.Omitted):
+        value = arg.value
+    elif isinstance(arg, types.StringLiteral):
+        value = arg.literal_value
+    elif isinstance(arg, str):
+        value = arg
+    else:
+        raise TypingError(f"{name} must be a string constant at the call site (one of {allowed}), got {arg}")
+    if value not in allowed:
+        raise TypingError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _check_logits(logits, name="logits"):
+    if not isinstance(logits, types.Array) or logits.ndim not in (1, 2):
+        raise TypingError(f"{name} must be a 1-D or 2-D array, got {logits}")
+    if logits.dtype not in (types.float32, types.float64):
+        raise TypingError(f"{name} must be float32 or float64, got {logits.dtype}")
+
+
+def _check_array(arr, name, logits, ndim, writable=False):
+    """``arr`` is an array of the logits' dtype with ``ndim`` dimensions (or absent)."""
+    if _absent(arr):
+        return
+    if not isinstance(arr, types.Array) or arr.ndim != ndim:
+        raise TypingError(f"{name} must be a {ndim}-D array of the logits' dtype {logits.dtype}, got {arr}")
+    if arr.dtype != logits.dtype:
+        raise TypingError(f"{name} must have the logits' dtype {logits.dtype}, got {arr.dtype}")
+    if writable and not arr.mutable:
+        raise TypingError(f"{name} is read-only")
+
+
+def _target_kind(logits, target):
+    """"label" (one integer), "labels" (an integer array) or "probs"; TypingError otherwise."""
+    if logits.ndim == 1 and isinstance(target, types.Integer):
+        return "label"
+    if isinstance(target, types.Array) and isinstance(target.dtype, types.Integer):
+        if target.ndim == 1 and logits.ndim == 2:
+            return "labels"
+    elif isinstance(target, types.Array) and isinstance(target.dtype, types.Float):
+        _check_array(target, "target", logits, logits.ndim)
+        return "probs"
+    want = "an integer" if logits.ndim == 1 else "a 1-D integer array"
+    raise TypingError(
+        f"target must be {want} (class indices) or a float array of the logits' shape and dtype "
+        f"(probabilities), got {target}"
+    )
+
+
+def _check_options(logits, weight, ignore_index, label_smoothing):
+    _check_array(weight, "weight", logits, 1)
+    if not isinstance(ignore_index, (types.Integer, types.Omitted, int)):
+        raise TypingError(f"ignore_index must be an integer, got {ignore_index}")
+    if not isinstance(label_smoothing, (types.Number, types.Omitted, float, int)):
+        raise TypingError(f"label_smoothing must be a number, got {label_smoothing}")
+
+
+# --------------------------------------------------------------------------
+# Compiled helpers
+# --------------------------------------------------------------------------
+
+
+def _rows(x):
+    """The (rows, classes) view the kernels take: (1, C) for 1-D x, x itself for 2-D."""
+
+
+@overload(_rows, inline="always")
+def _rows_typed(x):
+    if x.ndim == 2:
+        return lambda x: x
+    if x.layout == "C":
+        return lambda x: x.reshape((1, x.shape[0]))
+    return lambda x: x[np.newaxis, :]
+
+
+def _weight_or_none(weight, logits):
+    """``weight``, or a 0-length array of the logits' dtype (the kernels' "no weights")."""
+
+
+@overload(_weight_or_none, inline="always")
+def _weight_or_none_typed(weight, logits):
+    if _absent(weight):
+        return lambda weight, logits: _empty_like(logits)
+    return lambda weight, logits: weight
+
+
+def _empty_like(x):
+    """A 0-length, writeable 1-D array of x's dtype, without an allocation."""
+
+
+@overload(_empty_like, inline="always")
+def _empty_like_typed(x):
+    # A stack array of one element, sliced to none: the kernels take such an
+    # array for "no weights" and "no per-row losses" and never index it.
+    return lambda x: stack_empty(x, 1)[:0]
+
+
+def _check_smoothing(label_smoothing):
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError("label_smoothing must be in [0, 1]")
+
+
+@overload(_check_smoothing, inline="always")
+def _check_smoothing_typed(label_smoothing):
+    def impl(label_smoothing):
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError("label_smoothing must be in [0, 1]")
+
+    return impl
+
+
+def _denominator(x, labels, weight, ignore_index):
+    """Validate labels; the "mean" denominator (summed weight of the non-ignored rows)."""
+
+
+@overload(_denominator, inline="always")
+def _denominator_typed(x, labels, weight, ignore_index):
+    def impl(x, labels, weight, ignore_index):
+        if labels.shape[0] != x.shape[0]:
+            raise ValueError("labels must have one entry per row of the logits")
+        bad, total = kernels.check_labels(labels, weight, x.shape[1], ignore_index)
+        if bad >= 0:
+            raise ValueError("a label is outside [0, C) and is not ignore_index")
+        return total
+
+    return impl
+
+
+def _is_same_array(a, b):
+    """True when a and b are the same elements (the in-place mode)."""
+
+
+@overload(_is_same_array, inline="always")
+def _is_same_array_typed(a, b):
+    return lambda a, b: a.ctypes.data == b.ctypes.data and a.shape == b.shape
+
+
+# --------------------------------------------------------------------------
+# The overloads
+# --------------------------------------------------------------------------
+
+
+def _cross_entropy_body(logits, target, weight, out, reduction, returns, grad_out):
+    """The compiled body shared by the three cross-entropy overloads, chosen at typing time.
+
+    ``returns``: "loss", "grad" or "both". The kernel is chosen by target
+    kind (labels or probabilities) and mode (loss only, fused, in place).
+    Every branch below tests a constant fixed here, so Numba compiles only
+    the branches this call uses.
+    """
+    _check_logits(logits)
+    kind = _target_kind(logits, target)
+    one_row = logits.ndim == 1
+    with_loss = returns != "grad"
+    with_grad = returns != "loss"
+    want_rows = reduction == "none" and with_loss
+    if want_rows:
+        if one_row and not _absent(out):
+            raise TypingError("out is not accepted for 1-D logits with reduction='none' (the loss is a scalar)")
+        _check_array(out, "out", logits, 1, writable=True)
+    elif not _absent(out):
+        raise TypingError(f"out is only valid with reduction='none', got reduction={reduction!r}")
+    _check_array(grad_out, "grad_out" if with_loss else "out", logits, logits.ndim, writable=True)
+    one_label = kind == "label"
+    label_array = kind == "labels"
+    labels = kind != "probs"
+    mean = reduction == "mean"
+    given_rows = not _absent(out)
+    given_grad = not _absent(grad_out)
+    rows_on_stack = want_rows and one_row
+    rows_allocated = want_rows and not one_row and not given_rows
+    return_both = returns == "both"
+    return_grad = returns == "grad"
+    dtype = np.float32 if logits.dtype == types.float32 else np.float64
+    if labels:
+        fused = kernels.xent_labels_fused_serial
+        fused_inplace = kernels.xent_labels_fused_inplace_serial
+        loss_only = kernels.xent_labels_loss_serial
+    else:
+        fused = kernels.xent_probs_fused_serial
+        fused_inplace = kernels.xent_probs_fused_inplace_serial
+        loss_only = kernels.xent_probs_loss_serial
+
+    weighted = not _absent(weight)
+
+    def body(logits, target, weight, ignore_index, label_smoothing, out, grad_out):
+        x = _rows(logits)
+        w = _weight_or_none(weight, x)
+        ignore_index = np.int64(ignore_index)  # not a literal: one kernel signature, shared with the API
+        _check_smoothing(label_smoothing)
+        if with_grad:
+            if given_grad:
+                grad = grad_out
+            else:
+                grad = np.empty_like(logits)
+        else:
+            grad = logits  # not returned
+        inplace = _is_same_array(grad, logits)
+        if one_label:
+            # One sample's scores and its class: the one-row kernel, no batch setup.
+            label = np.int64(target)
+            if label != ignore_index and (label < 0 or label >= x.shape[1]):
+                raise ValueError("the label is outside [0, C) and is not ignore_index")
+            denominator = 1.0
+            if mean:
+                if label == ignore_index:
+                    denominator = 0.0
+                elif weighted:
+                    denominator = float(w[label])
+            row = kernels.xent_label_row(x, label, w, ignore_index, label_smoothing, 1.0 / denominator,
+                                         _rows(grad), with_grad, inplace)
+            total = float(row)
+        else:
+            if label_array:
+                y = target
+            else:
+                y = _rows(target)
+            if labels:
+                denominator = _denominator(x, y, w, ignore_index)
+            else:
+                denominator = float(x.shape[0])
+            if not mean:
+                denominator = 1.0
+            if rows_on_stack:
+                row_loss = stack_empty(x, 1)  # in this frame: lives through the kernel call
+            elif rows_allocated:
+                row_loss = np.empty(x.shape[0], dtype)
+            elif given_rows:
+                row_loss = out
+            else:
+                row_loss = _empty_like(x)
+            scale = 1.0 / denominator
+            if with_grad and labels:
+                if inplace:
+                    total = fused_inplace(x, y, w, ignore_index, label_smoothing, scale, row_loss)
+                else:
+                    total = fused(x, y, w, ignore_index, label_smoothing, scale, _rows(grad), row_loss)
+            elif with_grad:
+                if inplace:
+                    total = fused_inplace(x, y, w, label_smoothing, scale, row_loss)
+                else:
+                    total = fused(x, y, w, label_smoothing, scale, _rows(grad), row_loss)
+            elif labels:
+                total = loss_only(x, y, w, ignore_index, label_smoothing, row_loss)
+            else:
+                total = loss_only(x, y, w, label_smoothing, row_loss)
+            if rows_on_stack:
+                total = float(row_loss[0])
+        if want_rows and not one_row:
+            loss = row_loss
+        elif want_rows:
+            loss = cast_like(x, total)
+        else:
+            loss = cast_like(x, total / denominator)
+        if return_both:
+            return loss, grad
+        if return_grad:
+            return grad
+        return loss
+
+    return njit(**_config.NJIT_API)(body)
+
+
+@overload(api.cross_entropy, **_OVERLOAD)
+def _cross_entropy_njit(
+    logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None
+):
+    reduction = _constant(reduction, "reduction", api._REDUCTIONS)
+    _check_options(logits, weight, ignore_index, label_smoothing)
+    body = _cross_entropy_body(logits, target, weight, out, reduction, "loss", None)
+
+    def impl(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None):
+        return body(logits, target, weight, ignore_index, label_smoothing, out, None)
+
+    return impl
+
+
+@overload(api.cross_entropy_with_grad, **_OVERLOAD)
+def _cross_entropy_with_grad_njit(
+    logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None, grad_out=None
+):
+    reduction = _constant(reduction, "reduction", api._REDUCTIONS)
+    _check_options(logits, weight, ignore_index, label_smoothing)
+    body = _cross_entropy_body(logits, target, weight, out, reduction, "both", grad_out)
+
+    def impl(
+        logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None, grad_out=None
+    ):
+        return body(logits, target, weight, ignore_index, label_smoothing, out, grad_out)
+
+    return impl
+
+
+@overload(api.cross_entropy_grad, **_OVERLOAD)
+def _cross_entropy_grad_njit(
+    logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None
+):
+    reduction = _constant(reduction, "reduction", api._REDUCTIONS)
+    _check_options(logits, weight, ignore_index, label_smoothing)
+    body = _cross_entropy_body(logits, target, weight, None, reduction, "grad", out)
+
+    def impl(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None):
+        return body(logits, target, weight, ignore_index, label_smoothing, None, out)
+
+    return impl
+
+
+def _rowwise_impl(x, axis, out, kernel, keep_axis):
+    _check_logits(x, "x")
+    if not isinstance(axis, (types.Integer, types.Omitted, int)):
+        raise TypingError(f"axis must be an integer, got {axis}")
+    one_row = x.ndim == 1
+    if keep_axis:
+        _check_array(out, "out", x, x.ndim, writable=True)
+    elif one_row and not _absent(out):
+        raise TypingError("out is not accepted for 1-D x: the log-sum-exp is a scalar")
+    else:
+        _check_array(out, "out", x, 1, writable=True)
+    given = not _absent(out)
+    scalar = one_row and not keep_axis
+    dtype = np.float32 if x.dtype == types.float32 else np.float64
+    last = x.ndim - 1
+
+    def impl(x, axis=-1, out=None):
+        if axis != -1 and axis != last:
+            raise ValueError("inside @njit code only the last axis is supported (axis=-1)")
+        xr = _rows(x)
+        if given:
+            result = out
+        elif keep_axis:
+            result = np.empty_like(x)
+        elif scalar:
+            result = stack_empty(xr, 1)
+        else:
+            result = np.empty(xr.shape[0], dtype)
+        if xr.shape[1] == 0:
+            if not keep_axis:
+                result[:] = -np.inf  # log-sum-exp of nothing
+        elif keep_axis:
+            kernel(xr, _rows(result))
+        else:
+            kernel(xr, result)
+        if scalar:
+            return result[0]
+        return result
+
+    return impl
+
+
+@overload(api.log_softmax, **_OVERLOAD)
+def _log_softmax_njit(x, axis=-1, out=None):
+    return _rowwise_impl(x, axis, out, kernels.log_softmax_rows_serial, keep_axis=True)
+
+
+@overload(api.softmax, **_OVERLOAD)
+def _softmax_njit(x, axis=-1, out=None):
+    return _rowwise_impl(x, axis, out, kernels.softmax_rows_serial, keep_axis=True)
+
+
+@overload(api.logsumexp, **_OVERLOAD)
+def _logsumexp_njit(x, axis=-1, out=None):
+    return _rowwise_impl(x, axis, out, kernels.logsumexp_rows_serial, keep_axis=False)

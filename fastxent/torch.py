@@ -1,0 +1,324 @@
+"""PyTorch adapter: `cross_entropy` and `CrossEntropyLoss` under autograd.
+
+Same signature and semantics as ``torch.nn.functional.cross_entropy`` and
+``torch.nn.CrossEntropyLoss``, computed by fastxent's fused kernel: the
+forward pass computes the loss and the gradient together, and the backward
+pass only scales that gradient by ``grad_output``.
+
+Requires the optional extra ``[torch]``; ``import fastxent`` never imports
+torch. CPU tensors only.
+
+Memory and copies
+-----------------
+- Contiguous float32/float64 inputs whose class dimension is the last one,
+  (N, C) and (C,), are read in place through ``Tensor.numpy()``; the
+  gradient gets one buffer of the input's size. With
+  ``inplace_backward=True`` the gradient overwrites the input's storage
+  instead, as flash-attn's option of that name does.
+- Inputs of shape (N, C, d1, ...) have their class dimension moved last:
+  that copy is unavoidable for a row-wise kernel, and the gradient is then
+  computed in place in the copy, so there is no second buffer.
+- float16 and bfloat16 inputs are converted to float32 (a copy, which again
+  holds the gradient) and the gradient is returned in the input's dtype.
+- An input that does not require grad (or ``torch.no_grad()``) runs the
+  loss-only kernel: no gradient buffer at all.
+
+Errors
+------
+Errors on bad input follow PyTorch's classes where PyTorch has one:
+``RuntimeError`` for devices, dtypes and double backward, ``ValueError``
+for shapes and options. A class index outside ``[0, C)`` that is not
+``ignore_index`` raises ``ValueError`` (PyTorch raises ``IndexError`` or a
+device-side assert).
+
+torch.compile
+-------------
+The forward pass calls Numba kernels, which TorchDynamo cannot trace.
+`cross_entropy` is marked ``torch.compiler.disable``: a compiled model that
+uses this loss gets one graph break at the loss call, compiles the rest
+and gives the same results (tested with the ``aot_eager`` backend; the
+default ``inductor`` backend also works).
+"""
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import api
+
+__all__ = ["cross_entropy", "CrossEntropyLoss"]
+
+_NATIVE = (torch.float32, torch.float64)
+_WIDENED = (torch.float16, torch.bfloat16)  # computed in float32
+
+
+def _reduction_name(size_average, reduce, reduction):
+    """PyTorch's deprecated size_average/reduce arguments, mapped as PyTorch maps them."""
+    if size_average is None and reduce is None:
+        return reduction
+    from torch.nn import _reduction
+
+    return _reduction.legacy_get_string(size_average, reduce)
+
+
+def _check_tensors(input, target, weight, inplace_backward):
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"cross_entropy(): input must be a torch.Tensor, got {type(input).__name__}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"cross_entropy(): target must be a torch.Tensor, got {type(target).__name__}")
+    if input.device.type != "cpu":
+        raise RuntimeError(
+            f"fastxent.torch.cross_entropy runs on the CPU only; input is on {input.device}. "
+            "Use torch.nn.functional.cross_entropy for other devices."
+        )
+    for name, other in (("target", target), ("weight", weight)):
+        if other is not None and other.device != input.device:
+            raise RuntimeError(
+                f"Expected all tensors to be on the same device, but found at least two devices, "
+                f"{input.device} and {other.device} ({name})"
+            )
+    if input.dtype not in _NATIVE + _WIDENED:
+        raise RuntimeError(
+            f"cross_entropy(): expected a floating-point input (float16, bfloat16, float32 or float64), "
+            f"got {input.dtype}"
+        )
+    if input.dim() == 0:
+        raise ValueError("cross_entropy(): input must have at least one dimension (the classes), got a 0-d tensor")
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(
+                f"cross_entropy(): probability target must have the input's shape {tuple(input.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
+        if target.requires_grad:
+            raise RuntimeError(
+                "fastxent.torch.cross_entropy does not compute gradients with respect to a probability target; "
+                "use torch.nn.functional.cross_entropy, or pass target.detach()"
+            )
+    elif target.dtype in (torch.bool,) or target.is_complex():
+        raise RuntimeError(f"cross_entropy(): target must hold class indices or probabilities, got {target.dtype}")
+    else:
+        want = (input.shape[0],) + tuple(input.shape[2:]) if input.dim() >= 2 else ()
+        if tuple(target.shape) != want:
+            if input.dim() >= 2 and target.dim() >= 1 and target.shape[0] != input.shape[0]:
+                raise ValueError(
+                    f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({target.shape[0]})."
+                )
+            raise ValueError(
+                f"cross_entropy(): class-index target must have shape {want} for input of shape "
+                f"{tuple(input.shape)}, got {tuple(target.shape)}"
+            )
+    if weight is not None and weight.requires_grad:
+        raise RuntimeError(
+            "fastxent.torch.cross_entropy does not compute gradients with respect to weight "
+            "(nor does torch.nn.functional.cross_entropy); pass weight.detach()"
+        )
+    if inplace_backward and input.requires_grad and input.is_leaf:
+        raise RuntimeError(
+            "inplace_backward=True would overwrite a leaf tensor that requires grad (the logits must be "
+            "computed, e.g. by a Linear layer); use inplace_backward=False"
+        )
+
+
+def _class_dim_last(t):
+    """PyTorch's layout (N, C, d1, ...) to the kernels' (N, d1, ..., C); (N, C) and (C,) stay."""
+    return t.movedim(1, -1) if t.dim() > 2 else t
+
+
+def _class_dim_back(t, ndim):
+    return t.movedim(-1, 1) if ndim > 2 else t
+
+
+def _as_numpy(t, dtype):
+    """A NumPy view of ``t`` in ``dtype`` when possible, else a private contiguous copy.
+
+    Returns (array, copied).
+    """
+    t = t.detach()
+    if t.dtype != dtype:
+        t = t.to(dtype)
+        copied = True
+    else:
+        copied = not t.is_contiguous()
+    return t.contiguous().numpy(), copied
+
+
+def _numpy_target(target, compute_dtype):
+    target = _class_dim_last(target.detach()) if target.is_floating_point() else target.detach()
+    if target.is_floating_point():
+        return _as_numpy(target, compute_dtype)[0]
+    return target.contiguous().numpy()
+
+
+def _options(weight, compute_dtype, ignore_index, reduction, label_smoothing):
+    return dict(
+        weight=None if weight is None else _as_numpy(weight, compute_dtype)[0],
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
+
+
+class _FusedCrossEntropy(torch.autograd.Function):
+    """Forward computes loss and gradient in one kernel call; backward scales the gradient."""
+
+    @staticmethod
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward):
+        compute_dtype = input.dtype if input.dtype in _NATIVE else torch.float32
+        moved = _class_dim_last(input)
+        logits, copied = _as_numpy(moved, compute_dtype)
+        opts = _options(weight, compute_dtype, ignore_index, reduction, label_smoothing)
+        target_np = _numpy_target(target, compute_dtype)
+        if copied or inplace_backward:
+            grad = logits  # a private copy, or the caller allowed its storage to be reused
+        else:
+            grad = np.empty_like(logits)
+        out = None
+        if reduction == "none":
+            out = np.empty(logits.shape[:-1], dtype=logits.dtype)
+        loss, _ = api.cross_entropy_with_grad(logits, target_np, out=out, grad_out=grad, **opts)
+        if inplace_backward and not copied:
+            # The input's values are gone: make autograd refuse any other
+            # use of them saved for a backward pass, instead of reading
+            # the gradient in their place.
+            torch.autograd.graph.increment_version(input)
+        ctx.grad = torch.from_numpy(grad)  # kept out of save_for_backward: it may be the input's storage
+        ctx.input_dtype = input.dtype
+        ctx.input_dim = input.dim()
+        ctx.reduction = reduction
+        return torch.as_tensor(loss).to(input.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "fastxent.torch.cross_entropy does not support double backward (create_graph=True); "
+                "use torch.nn.functional.cross_entropy for higher-order gradients"
+            )
+        grad = ctx.grad
+        if ctx.reduction == "none":
+            scale = grad_output.to(grad.dtype)
+            scale = scale.reshape(grad.shape[:-1] + (1,))
+            grad = grad * scale
+        elif grad_output.item() != 1.0:  # loss.backward() passes 1: the gradient is ready as it is
+            grad = grad * grad_output.to(grad.dtype)
+        grad = _class_dim_back(grad, ctx.input_dim)
+        if grad.dtype != ctx.input_dtype:
+            grad = grad.to(ctx.input_dtype)
+        return grad, None, None, None, None, None, None
+
+
+def _loss_only(input, target, weight, ignore_index, reduction, label_smoothing):
+    compute_dtype = input.dtype if input.dtype in _NATIVE else torch.float32
+    logits, _ = _as_numpy(_class_dim_last(input), compute_dtype)
+    opts = _options(weight, compute_dtype, ignore_index, reduction, label_smoothing)
+    loss = api.cross_entropy(logits, _numpy_target(target, compute_dtype), **opts)
+    return torch.as_tensor(loss).to(input.dtype)
+
+
+# TorchDynamo would try to trace into the NumPy and Numba calls and break
+# the graph several times inside them; one clean break at the call instead.
+@torch.compiler.disable
+def cross_entropy(
+    input,
+    target,
+    weight=None,
+    size_average=None,
+    ignore_index=-100,
+    reduce=None,
+    reduction="mean",
+    label_smoothing=0.0,
+    *,
+    inplace_backward=False,
+):
+    """``torch.nn.functional.cross_entropy``, computed by fastxent's fused kernel.
+
+    Parameters
+    ----------
+    input : Tensor, shape (C,), (N, C) or (N, C, d1, ...)
+        Unnormalized scores on the CPU; the class dimension is 1 for inputs
+        of two or more dimensions, as in PyTorch. float32 or float64, or
+        float16/bfloat16 (computed in float32).
+    target : Tensor
+        Class indices of shape (), (N,) or (N, d1, ...), or probabilities of
+        the input's shape.
+    weight, size_average, ignore_index, reduce, reduction, label_smoothing
+        As in ``torch.nn.functional.cross_entropy``.
+    inplace_backward : bool, default False
+        Let the gradient overwrite the input's storage (for a contiguous
+        float32/float64 input with the classes last, which is the only
+        case that would otherwise allocate a gradient buffer). The input
+        must not be a leaf, and its values are lost after the forward pass:
+        autograd then refuses to run a backward pass that saved them.
+
+    Returns
+    -------
+    Tensor
+        A 0-d loss ("mean", "sum") or the per-element losses ("none"), in
+        the input's dtype.
+    """
+    reduction = _reduction_name(size_average, reduce, reduction)
+    _check_tensors(input, target, weight, inplace_backward)
+    if input.dim() == 1:  # one sample: (C,) with a 0-d label or a (C,) distribution
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+        loss = cross_entropy(
+            input, target, weight, None, ignore_index, None, reduction, label_smoothing,
+            inplace_backward=inplace_backward,
+        )
+        return loss.squeeze(0) if reduction == "none" else loss
+    if torch.is_grad_enabled() and input.requires_grad:
+        return _FusedCrossEntropy.apply(
+            input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward
+        )
+    return _loss_only(input, target, weight, ignore_index, reduction, label_smoothing)
+
+
+class CrossEntropyLoss(nn.Module):
+    """``torch.nn.CrossEntropyLoss``, computed by `fastxent.torch.cross_entropy`.
+
+    Parameters
+    ----------
+    weight, size_average, ignore_index, reduce, reduction, label_smoothing
+        As in ``torch.nn.CrossEntropyLoss``; ``weight`` is registered as a
+        buffer, so it follows ``.to()`` and ``state_dict()``.
+    inplace_backward : bool, default False
+        See `cross_entropy`.
+    """
+
+    def __init__(
+        self,
+        weight=None,
+        size_average=None,
+        ignore_index=-100,
+        reduce=None,
+        reduction="mean",
+        label_smoothing=0.0,
+        *,
+        inplace_backward=False,
+    ):
+        super().__init__()
+        reduction = _reduction_name(size_average, reduce, reduction)
+        # Fail at construction, not at the first step, on bad options.
+        api.prepare(np.zeros((0, 1)), np.zeros(0, dtype=np.int64), None, ignore_index, reduction, label_smoothing)
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.inplace_backward = inplace_backward
+
+    def forward(self, input, target):
+        return cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            inplace_backward=self.inplace_backward,
+        )
+
+    def extra_repr(self):
+        return (
+            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"label_smoothing={self.label_smoothing}, inplace_backward={self.inplace_backward}"
+        )

@@ -1,0 +1,286 @@
+"""The public functions called from user @njit code, against the Python API
+(itself checked against the float64 reference in test_cross_entropy.py)."""
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from numba import njit, prange
+from numba.core.errors import TypingError
+
+import fastxent as fx
+from reference import cross_entropy_with_grad as xent_reference
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="overloads only exist in compiled code"
+)
+
+
+@functools.cache
+def compiled(reduction, parallel=False):
+    """User functions calling every cross-entropy entry point with keywords."""
+
+    @njit(parallel=parallel)
+    def fused(logits, target, weight, ignore_index, label_smoothing, grad):
+        return fx.cross_entropy_with_grad(
+            logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing, grad_out=grad,
+        )
+
+    @njit(parallel=parallel)
+    def loss(logits, target, weight, ignore_index, label_smoothing):
+        return fx.cross_entropy(
+            logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+
+    @njit(parallel=parallel)
+    def grad_only(logits, target, weight, ignore_index, label_smoothing):
+        return fx.cross_entropy_grad(
+            logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+
+    return fused, loss, grad_only
+
+
+def case(rng, dtype, kind, n, c, weighted, ignore):
+    logits = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    weight = (rng.random(c) + 0.5).astype(dtype) if weighted else None
+    if kind == "labels":
+        target = rng.integers(0, c, n)
+        if ignore and n > 1:
+            target[::3] = ignore
+    else:
+        target = rng.dirichlet(np.ones(c), n).astype(dtype)
+    return logits, target, weight
+
+
+# Each case compiles user functions for one combination of types (a few
+# seconds each: Numba links the kernels into every caller), so the grid is
+# a chosen set rather than a full product. Row counts vary inside a case.
+BATCH_CASES = [
+    # dtype, kind, reduction, weighted, ignore_index, label_smoothing, all three entry points
+    (np.float64, "labels", "mean", True, 1, 0.2, True),
+    (np.float64, "labels", "sum", False, -100, 0.0, False),
+    (np.float64, "labels", "none", True, 2, 0.0, False),
+    (np.float32, "labels", "mean", False, 0, 0.1, False),
+    (np.float32, "probs", "none", True, -100, 0.3, True),
+    (np.float64, "probs", "mean", False, -100, 0.0, False),
+]
+
+
+@pytest.mark.parametrize("dtype,kind,reduction,weighted,ignore,smoothing,every_entry", BATCH_CASES, ids=str)
+def test_batch_matches_python_api(dtype, kind, reduction, weighted, ignore, smoothing, every_entry):
+    fused, loss_fn, grad_fn = compiled(reduction)
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    for n in (1, 7, 130):  # 130 rows of 5 classes: the tile path for labels
+        rng = np.random.default_rng(n)
+        logits, target, weight = case(rng, dtype, kind, n, 5, weighted, ignore)
+        opts = dict(weight=weight, ignore_index=ignore, reduction=reduction, label_smoothing=smoothing)
+        want_loss, want_grad = fx.cross_entropy_with_grad(logits, target, **opts)
+        grad = np.full_like(logits, np.nan)
+        loss, returned = fused(logits, target, weight, ignore, smoothing, grad)
+        assert np.shares_memory(returned, grad)
+        np.testing.assert_allclose(loss, want_loss, rtol=rtol, atol=rtol)
+        np.testing.assert_allclose(grad, want_grad, rtol=rtol, atol=rtol)
+        if every_entry:
+            got = loss_fn(logits, target, weight, ignore, smoothing)
+            np.testing.assert_allclose(got, want_loss, rtol=rtol, atol=rtol)
+            got = grad_fn(logits, target, weight, ignore, smoothing)
+            np.testing.assert_allclose(got, want_grad, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("dtype,reduction", [(np.float64, "mean"), (np.float32, "none"), (np.float64, "sum")], ids=str)
+def test_one_sample_matches_the_reference(dtype, reduction):
+    fused, loss_fn, _ = compiled(reduction)
+    rtol = 2e-6 if dtype == np.float32 else 1e-13
+    rng = np.random.default_rng(200)
+    for label in (0, 3, -100):
+        scores = (rng.standard_normal(6) * 2).astype(dtype)
+        weight = (rng.random(6) + 0.5).astype(dtype)
+        grad = np.empty_like(scores)
+        loss, _ = fused(scores, label, weight, -100, 0.1, grad)
+        want_loss, want_grad = xent_reference(
+            scores[None].astype(np.float64), np.array([label]), weight=weight.astype(np.float64),
+            reduction=reduction, label_smoothing=0.1,
+        )
+        if reduction == "mean" and label == -100:
+            assert np.isnan(loss) and np.isnan(want_loss)
+        else:
+            np.testing.assert_allclose(loss, np.reshape(want_loss, ()), rtol=rtol, atol=rtol)
+        np.testing.assert_allclose(grad, want_grad[0], rtol=rtol, atol=rtol)
+        assert np.ndim(loss) == 0 and np.isclose(loss_fn(scores, label, weight, -100, 0.1), loss, equal_nan=True)
+    probs = rng.dirichlet(np.ones(6)).astype(dtype)
+    loss_p, grad_p = fused(scores, probs, None, -100, 0.0, grad)
+    want_p, want_gp = fx.cross_entropy_with_grad(scores[None], probs[None], reduction=reduction)
+    np.testing.assert_allclose(loss_p, np.reshape(want_p, ()), rtol=rtol)
+    np.testing.assert_allclose(grad_p, want_gp[0], rtol=rtol, atol=rtol)
+
+
+def test_defaults_in_place_and_buffers_inside_njit():
+    @njit
+    def step(logits, labels, row_losses):
+        in_place = fx.cross_entropy_with_grad(logits, labels, reduction="none", out=row_losses, grad_out=logits)
+        return in_place
+
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((9, 4))
+    labels = rng.integers(0, 4, 9)
+    want_loss, want_grad = fx.cross_entropy_with_grad(logits, labels, reduction="none")
+    rows = np.empty(9)
+    loss, grad = step(logits, labels, rows)
+    assert np.shares_memory(grad, logits) and np.shares_memory(loss, rows)
+    np.testing.assert_allclose(rows, want_loss, rtol=1e-14)
+    np.testing.assert_allclose(logits, want_grad, rtol=1e-13, atol=1e-16)
+
+    @njit
+    def defaults(logits, labels):
+        return fx.cross_entropy(logits, labels), fx.cross_entropy_grad(logits, labels)
+
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 6)
+    got_loss, got_grad = defaults(x, y)
+    np.testing.assert_allclose(got_loss, fx.cross_entropy(x, y), rtol=1e-6)
+    np.testing.assert_allclose(got_grad, fx.cross_entropy_grad(x, y), rtol=1e-6)
+
+
+def test_rowwise_primitives_inside_njit():
+    @njit
+    def primitives(x, out2d, out1d):
+        a = fx.log_softmax(x)
+        b = fx.softmax(x, out=out2d)
+        c = fx.logsumexp(x, axis=-1, out=out1d)
+        d = fx.logsumexp(x[0])
+        e = fx.log_softmax(x[1], axis=0)
+        return a, b, c, d, e
+
+    x = np.random.default_rng(1).standard_normal((4, 7)) * 10
+    out2d, out1d = np.empty_like(x), np.empty(4)
+    a, b, c, d, e = primitives(x, out2d, out1d)
+    np.testing.assert_allclose(a, fx.log_softmax(x), rtol=1e-14)
+    np.testing.assert_allclose(out2d, fx.softmax(x), rtol=1e-14)
+    np.testing.assert_allclose(out1d, fx.logsumexp(x), rtol=1e-14)
+    assert np.shares_memory(b, out2d) and np.shares_memory(c, out1d)
+    np.testing.assert_allclose(d, fx.logsumexp(x[0]), rtol=1e-14)
+    np.testing.assert_allclose(e, fx.log_softmax(x[1]), rtol=1e-14)
+
+    @njit
+    def empty_axis(x):
+        return fx.logsumexp(x)
+
+    assert np.all(empty_axis(np.empty((3, 0))) == -np.inf)
+
+
+def test_inside_a_user_prange_matches_serial_calls():
+    @njit(parallel=True)
+    def agents(scores, actions, grads):
+        losses = np.empty(scores.shape[0])
+        for a in prange(scores.shape[0]):
+            losses[a], _ = fx.cross_entropy_with_grad(scores[a], actions[a], grad_out=grads[a])
+        return losses
+
+    rng = np.random.default_rng(9)
+    scores = rng.standard_normal((500, 5))
+    actions = rng.integers(0, 5, 500)
+    grads = np.empty_like(scores)
+    losses = agents(scores, actions, grads)
+    want_loss, want_grad = fx.cross_entropy_with_grad(scores, actions, reduction="none")
+    np.testing.assert_allclose(losses, want_loss, rtol=1e-14)
+    np.testing.assert_allclose(grads, want_grad, rtol=1e-13, atol=1e-16)
+
+
+def test_bad_values_raise_at_run_time_before_writing():
+    fused, loss_fn, _ = compiled("mean")
+    logits = np.zeros((3, 4))
+    grad = np.full_like(logits, 7.0)
+    with pytest.raises(ValueError, match="outside"):
+        fused(logits, np.array([0, 4, 1]), None, -100, 0.0, grad)
+    with pytest.raises(ValueError, match="outside"):
+        fused(logits[0], 9, None, -100, 0.0, grad[0])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fused(logits, np.array([0, 1, 1]), None, -100, 1.5, grad)
+    with pytest.raises(ValueError, match="one entry per row"):
+        fused(logits, np.array([0, 1]), None, -100, 0.0, grad)
+    with pytest.raises(ValueError, match="grad must have the logits' shape"):
+        fused(logits, np.array([0, 1, 1]), None, -100, 0.0, np.empty((3, 5)))
+    with pytest.raises(ValueError, match="weight"):
+        fused(logits, np.array([0, 1, 1]), np.ones(3), -100, 0.0, grad)
+    assert np.all(grad == 7.0)
+
+
+def test_bad_types_fail_at_compile_time_naming_the_argument():
+    fused, loss_fn, _ = compiled("mean")
+    x = np.zeros((3, 4))
+    y = np.array([0, 1, 2])
+    with pytest.raises(TypingError, match="grad_out must have the logits' dtype"):
+        fused(x, y, None, -100, 0.0, np.empty((3, 4), np.float32))
+    with pytest.raises(TypingError, match="weight must have the logits' dtype"):
+        loss_fn(x, y, np.ones(4, np.float32), -100, 0.0)
+    with pytest.raises(TypingError, match="logits must be float32 or float64"):
+        loss_fn(np.zeros((3, 4), np.int64), y, None, -100, 0.0)
+    with pytest.raises(TypingError, match="target must be"):
+        loss_fn(x, np.zeros(3), None, -100, 0.0)
+    with pytest.raises(TypingError, match="ignore_index must be an integer"):
+        loss_fn(x, y, None, 1.5, 0.0)
+
+    @njit
+    def runtime_reduction(x, y, reduction):
+        return fx.cross_entropy(x, y, reduction=reduction)
+
+    with pytest.raises(TypingError, match="reduction must be a string constant"):
+        runtime_reduction(x, y, "sum")
+
+    @njit
+    def unknown_reduction(x, y):
+        return fx.cross_entropy(x, y, reduction="avg")
+
+    with pytest.raises(TypingError, match="reduction must be one of"):
+        unknown_reduction(x, y)
+
+
+def test_no_allocation_with_buffers_given():
+    """NRT statistics must be switched on before Numba starts: a fresh process.
+    Calling a compiled function from Python counts one allocation per array
+    argument (its unboxing), so the calls are counted inside a compiled loop:
+    101 iterations against 1."""
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from numba import njit
+        from numba.core.runtime import rtsys
+        import fastxent as fx
+
+        @njit
+        def steps(x, y, g, rows, x1, g1, n):
+            total = 0.0
+            for _ in range(n):
+                a = fx.cross_entropy_with_grad(x, y, grad_out=g)[0]
+                b = fx.cross_entropy_with_grad(x, y, reduction="none", out=rows, grad_out=g)[0]
+                c = fx.cross_entropy_with_grad(x1, 2, grad_out=g1, label_smoothing=0.1)[0]
+                d = fx.logsumexp(x1) + fx.cross_entropy(x, y) + fx.cross_entropy_grad(x, y, out=g)[0, 0]
+                total += a + b[0] + c + d
+            return total
+
+        x = np.random.default_rng(0).standard_normal((40, 10)); y = np.arange(40) % 10
+        g, rows, x1 = np.empty_like(x), np.empty(40), x[0].copy()
+        g1 = np.empty_like(x1)
+        steps(x, y, g, rows, x1, g1, 0)  # compiles, and starts the runtime whose counters we read
+        counts = []
+        for n in (1, 1, 101):
+            before = rtsys.get_allocation_stats().alloc
+            steps(x, y, g, rows, x1, g1, n)
+            counts.append(rtsys.get_allocation_stats().alloc - before)
+        print(counts[1], counts[2])
+        """
+    )
+    env = dict(os.environ, NUMBA_NRT_STATS="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    one_call, many_calls = (int(v) for v in result.stdout.split()[-2:])
+    assert one_call > 0  # the counter works: the six array arguments are unboxed
+    assert many_calls == one_call
