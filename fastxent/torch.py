@@ -22,6 +22,11 @@ Memory and copies
   holds the gradient) and the gradient is returned in the input's dtype.
 - An input that does not require grad (or ``torch.no_grad()``) runs the
   loss-only kernel: no gradient buffer at all.
+- ``loss.backward()`` (an upstream gradient of 1 on a reduced loss) hands
+  the gradient buffer itself to autograd, without a copy. A second backward
+  through the same graph (``retain_graph=True``, ``gradcheck``) recomputes
+  the gradient from the input, which is why the input is kept until the
+  graph is freed; with ``inplace_backward=True`` it raises instead.
 
 Errors
 ------
@@ -159,34 +164,44 @@ def _options(weight, compute_dtype, ignore_index, reduction, label_smoothing):
     )
 
 
+def _fused(input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward):
+    """One fused kernel call: (loss as a tensor, gradient as a tensor in the kernels' layout, input overwritten?)."""
+    compute_dtype = input.dtype if input.dtype in _NATIVE else torch.float32
+    logits, copied = _as_numpy(_class_dim_last(input), compute_dtype)
+    opts = _options(weight, compute_dtype, ignore_index, reduction, label_smoothing)
+    if copied or inplace_backward:
+        grad = logits  # a private copy, or the caller allowed its storage to be reused
+    else:
+        grad = np.empty_like(logits)
+    out = np.empty(logits.shape[:-1], dtype=logits.dtype) if reduction == "none" else None
+    loss, _ = api.cross_entropy_with_grad(
+        logits, _numpy_target(target, compute_dtype), out=out, grad_out=grad, **opts
+    )
+    return torch.as_tensor(loss).to(input.dtype), torch.from_numpy(grad), inplace_backward and not copied
+
+
 class _FusedCrossEntropy(torch.autograd.Function):
     """Forward computes loss and gradient in one kernel call; backward scales the gradient."""
 
     @staticmethod
     def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward):
-        compute_dtype = input.dtype if input.dtype in _NATIVE else torch.float32
-        moved = _class_dim_last(input)
-        logits, copied = _as_numpy(moved, compute_dtype)
-        opts = _options(weight, compute_dtype, ignore_index, reduction, label_smoothing)
-        target_np = _numpy_target(target, compute_dtype)
-        if copied or inplace_backward:
-            grad = logits  # a private copy, or the caller allowed its storage to be reused
-        else:
-            grad = np.empty_like(logits)
-        out = None
-        if reduction == "none":
-            out = np.empty(logits.shape[:-1], dtype=logits.dtype)
-        loss, _ = api.cross_entropy_with_grad(logits, target_np, out=out, grad_out=grad, **opts)
-        if inplace_backward and not copied:
+        loss, grad, overwritten = _fused(input, target, weight, ignore_index, reduction, label_smoothing,
+                                         inplace_backward)
+        if overwritten:
             # The input's values are gone: make autograd refuse any other
             # use of them saved for a backward pass, instead of reading
             # the gradient in their place.
             torch.autograd.graph.increment_version(input)
-        ctx.grad = torch.from_numpy(grad)  # kept out of save_for_backward: it may be the input's storage
+        else:
+            # Kept (by reference, no copy) to recompute the gradient if the
+            # buffer was handed over and a second backward comes.
+            ctx.save_for_backward(input)
+        ctx.grad = grad  # not in save_for_backward: it may be the input's storage
+        ctx.recompute = None if overwritten else (target, weight, ignore_index, reduction, label_smoothing)
         ctx.input_dtype = input.dtype
         ctx.input_dim = input.dim()
         ctx.reduction = reduction
-        return torch.as_tensor(loss).to(input.dtype)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -196,12 +211,26 @@ class _FusedCrossEntropy(torch.autograd.Function):
                 "use torch.nn.functional.cross_entropy for higher-order gradients"
             )
         grad = ctx.grad
+        if grad is None:  # a second backward (retain_graph=True) after the buffer was handed over
+            if ctx.recompute is None:
+                raise RuntimeError(
+                    "fastxent.torch.cross_entropy: a second backward through a loss computed with "
+                    "inplace_backward=True is not possible (its logits were overwritten by the gradient); "
+                    "use inplace_backward=False"
+                )
+            (input,) = ctx.saved_tensors
+            grad = _fused(input, *ctx.recompute, False)[1]
         if ctx.reduction == "none":
             scale = grad_output.to(grad.dtype)
             scale = scale.reshape(grad.shape[:-1] + (1,))
             grad = grad * scale
-        elif grad_output.item() != 1.0:  # loss.backward() passes 1: the gradient is ready as it is
+        elif grad_output.item() != 1.0:
             grad = grad * grad_output.to(grad.dtype)
+        else:
+            # loss.backward() passes 1: the gradient is ready. Give the
+            # buffer away (keeping no reference) so that autograd can adopt
+            # it as a leaf's .grad instead of copying it.
+            ctx.grad = None
         grad = _class_dim_back(grad, ctx.input_dim)
         if grad.dtype != ctx.input_dtype:
             grad = grad.to(ctx.input_dtype)

@@ -183,10 +183,30 @@ def test_backward_twice_with_retain_graph():
     x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, 4, (6,))
     loss = ft.cross_entropy(x, y)
-    loss.backward(retain_graph=True)
+    loss.backward(torch.tensor(0.5, dtype=torch.float64), retain_graph=True)  # scaled: a new tensor
     first = x.grad.clone()
-    loss.backward()
+    loss.backward(torch.tensor(0.5, dtype=torch.float64), retain_graph=True)
     torch.testing.assert_close(x.grad, 2 * first)
+    loss.backward(retain_graph=True)  # upstream 1: the buffer itself is handed over
+    torch.testing.assert_close(x.grad, 4 * first)
+    loss.backward()  # recomputed from the kept input
+    torch.testing.assert_close(x.grad, 6 * first)
+    logits = torch.nn.Linear(4, 4).double()(x.detach())
+    loss = ft.cross_entropy(logits, torch.randint(0, 4, (6,)), inplace_backward=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace_backward=True"):
+        loss.backward()
+
+
+def test_unit_backward_hands_over_the_buffer_without_a_copy():
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    ft.cross_entropy(x, torch.randint(0, 4, (6,))).backward()
+    seen = []
+    x2 = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    loss = ft.cross_entropy(x2, torch.randint(0, 4, (6,)))
+    x2.register_hook(lambda g: seen.append(g.data_ptr()))
+    loss.backward()
+    assert seen == [x2.grad.data_ptr()]  # the leaf adopted the kernel's buffer
 
 
 def test_double_backward_names_the_alternative():
