@@ -1,5 +1,7 @@
 """fastxent.torch against torch.nn.functional.cross_entropy (skipped without torch)."""
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -51,7 +53,7 @@ def loss_and_grad(fn, x, target, opts, upstream):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("opts", OPTIONS, ids=str)
 def test_loss_and_grad_match_torch(dtype, kind, shape, opts):
-    gen = torch.Generator().manual_seed(hash((str(dtype), kind, shape, str(opts))) % 2**31)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{dtype}{kind}{shape}{opts}".encode()))
     x, target, opts = make_case(gen, shape, kind, dtype, opts)
     with torch.no_grad():
         reference = F.cross_entropy(x, target, **opts)
@@ -59,6 +61,7 @@ def test_loss_and_grad_match_torch(dtype, kind, shape, opts):
     want_loss, want_grad = loss_and_grad(F.cross_entropy, x, target, opts, upstream)
     loss, grad = loss_and_grad(ft.cross_entropy, x, target, opts, upstream)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    tol["equal_nan"] = True  # a mean over ignored rows only is NaN in both
     assert loss.dtype == dtype and loss.shape == want_loss.shape
     torch.testing.assert_close(loss, want_loss, **tol)
     assert grad.dtype == dtype and grad.shape == x.shape
@@ -266,6 +269,10 @@ def test_torch_compile_runs_with_a_graph_break():
     compiled = torch.compile(step, backend="aot_eager")
     inputs = torch.randn(32, 8)
     labels = torch.randint(0, 4, (32,))
+    explanation = torch._dynamo.explain(step)(inputs, labels)
+    # one graph (the model), one break: the loss call, skipped on purpose
+    assert explanation.graph_count == 1 and len(explanation.break_reasons) == 1
+    assert "torch.compiler.disable" in explanation.break_reasons[0].reason
     loss = compiled(inputs, labels)
     loss.backward()
     got = [p.grad.clone() for p in model.parameters()]
@@ -275,3 +282,13 @@ def test_torch_compile_runs_with_a_graph_break():
     torch.testing.assert_close(loss, want)
     for g, p in zip(got, model.parameters()):
         torch.testing.assert_close(g, p.grad)
+
+
+def test_importing_fastxent_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, fastxent; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
