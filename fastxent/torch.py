@@ -45,6 +45,8 @@ and gives the same results (tested with the ``aot_eager`` backend; the
 default ``inductor`` backend also works).
 """
 
+import sys
+
 import numpy as np
 import torch
 from torch import nn
@@ -164,13 +166,15 @@ def _options(weight, compute_dtype, ignore_index, reduction, label_smoothing):
     )
 
 
-def _fused(input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward):
+def _fused(input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward, grad_buffer=None):
     """One fused kernel call: (loss as a tensor, gradient as a tensor in the kernels' layout, input overwritten?)."""
     compute_dtype = input.dtype if input.dtype in _NATIVE else torch.float32
     logits, copied = _as_numpy(_class_dim_last(input), compute_dtype)
     opts = _options(weight, compute_dtype, ignore_index, reduction, label_smoothing)
     if copied or inplace_backward:
         grad = logits  # a private copy, or the caller allowed its storage to be reused
+    elif grad_buffer is not None and grad_buffer.shape == logits.shape and grad_buffer.dtype == logits.dtype:
+        grad = grad_buffer
     else:
         grad = np.empty_like(logits)
     out = np.empty(logits.shape[:-1], dtype=logits.dtype) if reduction == "none" else None
@@ -184,9 +188,9 @@ class _FusedCrossEntropy(torch.autograd.Function):
     """Forward computes loss and gradient in one kernel call; backward scales the gradient."""
 
     @staticmethod
-    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward):
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward, grad_buffer):
         loss, grad, overwritten = _fused(input, target, weight, ignore_index, reduction, label_smoothing,
-                                         inplace_backward)
+                                         inplace_backward, grad_buffer)
         if overwritten:
             # The input's values are gone: make autograd refuse any other
             # use of them saved for a backward pass, instead of reading
@@ -234,7 +238,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         grad = _class_dim_back(grad, ctx.input_dim)
         if grad.dtype != ctx.input_dtype:
             grad = grad.to(ctx.input_dtype)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 def _loss_only(input, target, weight, ignore_index, reduction, label_smoothing):
@@ -245,9 +249,6 @@ def _loss_only(input, target, weight, ignore_index, reduction, label_smoothing):
     return torch.as_tensor(loss).to(input.dtype)
 
 
-# TorchDynamo would try to trace into the NumPy and Numba calls and break
-# the graph several times inside them; one clean break at the call instead.
-@torch.compiler.disable
 def cross_entropy(
     input,
     target,
@@ -287,17 +288,22 @@ def cross_entropy(
         the input's dtype.
     """
     reduction = _reduction_name(size_average, reduce, reduction)
+    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward, None)
+
+
+# TorchDynamo would try to trace into the NumPy and Numba calls and break
+# the graph several times inside them; one clean break at the call instead.
+@torch.compiler.disable
+def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward, grad_buffer):
+    """`cross_entropy` after the legacy arguments; ``grad_buffer``: a NumPy array for the gradient, or None."""
     _check_tensors(input, target, weight, inplace_backward)
     if input.dim() == 1:  # one sample: (C,) with a 0-d label or a (C,) distribution
-        input, target = input.unsqueeze(0), target.unsqueeze(0)
-        loss = cross_entropy(
-            input, target, weight, None, ignore_index, None, reduction, label_smoothing,
-            inplace_backward=inplace_backward,
-        )
+        loss = _cross_entropy(input.unsqueeze(0), target.unsqueeze(0), weight, ignore_index, reduction,
+                              label_smoothing, inplace_backward, None)
         return loss.squeeze(0) if reduction == "none" else loss
     if torch.is_grad_enabled() and input.requires_grad:
         return _FusedCrossEntropy.apply(
-            input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward
+            input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward, grad_buffer
         )
     return _loss_only(input, target, weight, ignore_index, reduction, label_smoothing)
 
@@ -312,6 +318,17 @@ class CrossEntropyLoss(nn.Module):
         buffer, so it follows ``.to()`` and ``state_dict()``.
     inplace_backward : bool, default False
         See `cross_entropy`.
+
+    Notes
+    -----
+    For a contiguous (N, C) float32/float64 input the module keeps the
+    gradient buffer of its last step and reuses it at the next step once
+    nothing else holds it: not autograd, not a ``.grad``, not a view in
+    your code (its reference count is back to the module's own). A
+    training loop then does not allocate, and fault in, a new logits-sized
+    buffer each step (measured at 512 x 32000 float32: 9 to 10 ms a step
+    with a new buffer, 5 to 6 ms with the reused one). The cost is one
+    logits-sized array kept between steps; ``del`` the module to free it.
     """
 
     def __init__(
@@ -334,16 +351,50 @@ class CrossEntropyLoss(nn.Module):
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.inplace_backward = inplace_backward
+        # The reference count of the kept buffer when only this module holds
+        # it, measured through the same expression that checks it later.
+        self._spare = np.empty(0)
+        self._free_refs = self._spare_refs()
+        self._spare = None
 
+    def _spare_refs(self):
+        return sys.getrefcount(self._spare)
+
+    def _gradient_buffer(self, input):
+        """The last step's gradient buffer if nothing else holds it, else a new one; None when not needed."""
+        if not (
+            isinstance(input, torch.Tensor)
+            and torch.is_grad_enabled()
+            and input.requires_grad
+            and input.dim() == 2
+            and input.dtype in _NATIVE
+            and input.is_contiguous()
+            and not self.inplace_backward
+        ):
+            return None
+        shape = tuple(input.shape)
+        dtype = np.float32 if input.dtype == torch.float32 else np.float64
+        spare = self._spare
+        if spare is None or spare.shape != shape or spare.dtype != dtype:
+            del spare
+            self._spare = np.empty(shape, dtype)
+        else:
+            del spare
+            if self._spare_refs() != self._free_refs:  # still in use somewhere: leave it to its holders
+                self._spare = np.empty(shape, dtype)
+        return self._spare
+
+    @torch.compiler.disable  # see _cross_entropy
     def forward(self, input, target):
-        return cross_entropy(
+        return _cross_entropy(
             input,
             target,
-            weight=self.weight,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            label_smoothing=self.label_smoothing,
-            inplace_backward=self.inplace_backward,
+            self.weight,
+            self.ignore_index,
+            self.reduction,
+            self.label_smoothing,
+            self.inplace_backward,
+            self._gradient_buffer(input),
         )
 
     def extra_repr(self):

@@ -292,3 +292,24 @@ def test_importing_fastxent_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_module_reuses_its_gradient_buffer_only_when_released():
+    loss_fn = ft.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(32, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 7, (32,), generator=gen)
+    want = F.cross_entropy(x, y)
+    (want_grad,) = torch.autograd.grad(want, x)
+    pointers = []
+    for step in range(3):
+        x.grad = None
+        loss_fn(x, y).backward()
+        torch.testing.assert_close(x.grad, want_grad, rtol=1e-13, atol=1e-15)
+        pointers.append(x.grad.data_ptr())
+    assert pointers[0] == pointers[1] == pointers[2]  # released each time: one buffer
+    kept = x.grad  # the caller keeps the last gradient
+    x.grad = None
+    loss_fn(x * 2, y).backward()  # a non-leaf input: the gradient flows on
+    torch.testing.assert_close(kept, want_grad, rtol=1e-13, atol=1e-15)  # not overwritten
+    assert x.grad.data_ptr() != kept.data_ptr()
