@@ -22,7 +22,7 @@ from numba import njit, prange
 import fastxent
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def train(means, steps, lr, seed):
     """Return the mean reward of all agents per step and the final policies' scores."""
     n_agents, n_actions = means.shape
