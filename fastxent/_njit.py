@@ -194,14 +194,17 @@ def _is_same_array_typed(a, b):
 # --------------------------------------------------------------------------
 
 
-def _cross_entropy_body(logits, target, weight, out, reduction, returns, grad_out):
-    """The compiled body shared by the three cross-entropy overloads, chosen at typing time.
+def _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, out, reduction, returns, grad_out):
+    """The compiled body shared by the three cross-entropy overloads, chosen at typing time
+    (after checking the argument types; ``reduction`` as the caller passed it).
 
     ``returns``: "loss", "grad" or "both". The kernel is chosen by target
     kind (labels or probabilities) and mode (loss only, fused, in place).
     Every branch below tests a constant fixed here, so Numba compiles only
     the branches this call uses.
     """
+    reduction = _constant(reduction, "reduction", api._REDUCTIONS)
+    _check_options(logits, weight, ignore_index, label_smoothing)
     _check_logits(logits)
     kind = _target_kind(logits, target)
     one_row = logits.ndim == 1
@@ -319,9 +322,7 @@ def _cross_entropy_body(logits, target, weight, out, reduction, returns, grad_ou
 def _cross_entropy_njit(
     logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None
 ):
-    reduction = _constant(reduction, "reduction", api._REDUCTIONS)
-    _check_options(logits, weight, ignore_index, label_smoothing)
-    body = _cross_entropy_body(logits, target, weight, out, reduction, "loss", None)
+    body = _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, out, reduction, "loss", None)
 
     def impl(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None):
         return body(logits, target, weight, ignore_index, label_smoothing, out, None)
@@ -333,9 +334,7 @@ def _cross_entropy_njit(
 def _cross_entropy_with_grad_njit(
     logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None, grad_out=None
 ):
-    reduction = _constant(reduction, "reduction", api._REDUCTIONS)
-    _check_options(logits, weight, ignore_index, label_smoothing)
-    body = _cross_entropy_body(logits, target, weight, out, reduction, "both", grad_out)
+    body = _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, out, reduction, "both", grad_out)
 
     def impl(
         logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None, grad_out=None
@@ -349,9 +348,7 @@ def _cross_entropy_with_grad_njit(
 def _cross_entropy_grad_njit(
     logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None
 ):
-    reduction = _constant(reduction, "reduction", api._REDUCTIONS)
-    _check_options(logits, weight, ignore_index, label_smoothing)
-    body = _cross_entropy_body(logits, target, weight, None, reduction, "grad", out)
+    body = _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, None, reduction, "grad", out)
 
     def impl(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None):
         return body(logits, target, weight, ignore_index, label_smoothing, None, out)
