@@ -44,7 +44,7 @@ def _refuse_autograd_tensor(x, name):
         )
 
 
-def _as_float_array(x, name):
+def as_float_array(x, name):
     _refuse_autograd_tensor(x, name)
     x = np.asarray(x)
     if x.dtype.kind == "f" and not x.dtype.isnative:
@@ -70,7 +70,7 @@ def check_buffer(buf, name, shape, dtype):
         raise ValueError(f"{name} is read-only")
 
 
-def _same_buffer(a, b):
+def same_buffer(a, b):
     """True when a and b are views of exactly the same elements."""
     if a is b:
         return True
@@ -79,13 +79,13 @@ def _same_buffer(a, b):
     return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
 
 
-def _check_no_overlap(buf, name, others):
+def check_no_overlap(buf, name, others):
     for other_name, other in others:
         if other is not None and other.size and buf.size and np.may_share_memory(buf, other):
             raise ValueError(f"{name} overlaps {other_name}; pass a separate buffer")
 
 
-def _invalid_label(value, flat_index, batch_shape, n_classes, ignore_index):
+def invalid_label(value, flat_index, batch_shape, n_classes, ignore_index):
     where = np.unravel_index(flat_index, batch_shape) if batch_shape else ()
     return ValueError(
         f"label {value} at index {tuple(int(i) for i in where)} is outside [0, {n_classes}) "
@@ -93,7 +93,7 @@ def _invalid_label(value, flat_index, batch_shape, n_classes, ignore_index):
     )
 
 
-def _labels_array(target, batch_shape, n_classes, ignore_index):
+def labels_array(target, batch_shape, n_classes, ignore_index):
     if target.shape != batch_shape:
         raise ValueError(
             f"class-index target must have shape logits.shape[:-1] = {batch_shape}, got {target.shape}"
@@ -104,7 +104,7 @@ def _labels_array(target, batch_shape, n_classes, ignore_index):
         too_large = target.reshape(-1) > np.iinfo(np.int64).max  # would wrap to negative in int64
         if too_large.any():
             bad = int(np.argmax(too_large))
-            raise _invalid_label(target.reshape(-1)[bad], bad, batch_shape, n_classes, ignore_index)
+            raise invalid_label(target.reshape(-1)[bad], bad, batch_shape, n_classes, ignore_index)
     return target.astype(np.int64)
 
 
@@ -139,17 +139,8 @@ class _Problem:
         self.dtype = logits.dtype
 
 
-def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
-    """Validate cross-entropy arguments; return a `_Problem` or raise."""
-    source = _as_float_array(logits, "logits")
-    dtype = source.dtype
-    n_classes = source.shape[-1]
-    if n_classes == 0:
-        raise ValueError("logits must have at least one class (last axis has length 0)")
-    batch_shape = source.shape[:-1]
-    logits2d = (source if source.flags.c_contiguous else np.ascontiguousarray(source)).reshape(-1, n_classes)
-    n_rows = logits2d.shape[0]
-
+def check_options(reduction, ignore_index, label_smoothing):
+    """Validate the scalar options; return (ignore_index, label_smoothing) as int, float."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     try:
@@ -162,24 +153,43 @@ def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
         raise TypeError(f"label_smoothing must be a number, got {type(label_smoothing).__name__}") from None
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    return ignore_index, label_smoothing
 
+
+def class_weight(weight, n_classes, dtype, name="weight"):
+    """``weight`` as a C-contiguous (n_classes,) array of ``dtype``, or the empty "no weights" array."""
     if weight is None:
-        weight = _NO_WEIGHT[dtype]
-    else:
-        weight = np.asarray(weight)
-        if weight.dtype.kind not in "fiu":
-            raise TypeError(f"weight must be a real numeric array, got dtype {weight.dtype}")
-        if weight.shape != (n_classes,):
-            raise ValueError(f"weight must have shape ({n_classes},), got {weight.shape}")
-        weight = np.ascontiguousarray(weight, dtype=dtype)
+        return _NO_WEIGHT[dtype]
+    _refuse_autograd_tensor(weight, name)
+    weight = np.asarray(weight)
+    if weight.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {weight.dtype}")
+    if weight.shape != (n_classes,):
+        raise ValueError(f"{name} must have shape ({n_classes},), got {weight.shape}")
+    return np.ascontiguousarray(weight, dtype=dtype)
+
+
+def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
+    """Validate cross-entropy arguments; return a `_Problem` or raise."""
+    source = as_float_array(logits, "logits")
+    dtype = source.dtype
+    n_classes = source.shape[-1]
+    if n_classes == 0:
+        raise ValueError("logits must have at least one class (last axis has length 0)")
+    batch_shape = source.shape[:-1]
+    logits2d = (source if source.flags.c_contiguous else np.ascontiguousarray(source)).reshape(-1, n_classes)
+    n_rows = logits2d.shape[0]
+
+    ignore_index, label_smoothing = check_options(reduction, ignore_index, label_smoothing)
+    weight = class_weight(weight, n_classes, dtype)
 
     _refuse_autograd_tensor(target, "target")
     target = np.asarray(target)
     if target.dtype.kind in "iu":
-        labels = np.ascontiguousarray(_labels_array(target, batch_shape, n_classes, ignore_index)).reshape(-1)
+        labels = np.ascontiguousarray(labels_array(target, batch_shape, n_classes, ignore_index)).reshape(-1)
         bad, mean_denominator = kernels.check_labels(labels, weight, n_classes, ignore_index)
         if bad >= 0:
-            raise _invalid_label(labels[bad], bad, batch_shape, n_classes, ignore_index)
+            raise invalid_label(labels[bad], bad, batch_shape, n_classes, ignore_index)
         target2d = labels
     elif target.dtype.kind == "f":
         if target.shape != source.shape:
@@ -205,7 +215,7 @@ def _denominator(p):
     return p.mean_denominator if p.reduction == "mean" else 1.0
 
 
-def _divide(a, b):
+def divide(a, b):
     """IEEE a / b for Python floats (np.errstate costs microseconds per call)."""
     a, b = float(a), float(b)
     if b != 0.0:
@@ -215,13 +225,13 @@ def _divide(a, b):
     return math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
-def _finish(p, total, row_loss, denominator, out=None):
+def finish(p, total, row_loss, denominator, out=None):
     if p.reduction == "none":
         if out is not None:
             return out
         # None when the caller asked for no per-row losses (cross_entropy_grad)
         return row_loss.reshape(p.shape[:-1]) if row_loss.shape[0] == p.logits.shape[0] else None
-    return p.dtype.type(_divide(total, denominator))
+    return p.dtype.type(divide(total, denominator))
 
 
 def check_loss_out(p, out):
@@ -231,14 +241,14 @@ def check_loss_out(p, out):
     if p.reduction != "none":
         raise ValueError(f"out is only valid with reduction='none', got reduction={p.reduction!r}")
     check_buffer(out, "out", p.shape[:-1], p.dtype)
-    _check_no_overlap(out, "out", [("logits", p.source), ("target", p.target), ("weight", p.weight)])
+    check_no_overlap(out, "out", [("logits", p.source), ("target", p.target), ("weight", p.weight)])
     return out
 
 
 NO_ROW_LOSS = {dt: np.empty(0, dtype=dt) for dt in _FLOATS}
 
 
-def _row_loss_buffer(p, out):
+def row_loss_buffer(p, out):
     """Where the kernels write per-row losses: nowhere (an empty array) for a
     reduced loss, whose total the kernels sum themselves."""
     if out is not None:
@@ -275,23 +285,34 @@ def fused(p, grad, row_loss, out=None, inplace=False):
     logits themselves (see `check_grad_out`). Returns the loss as the API does.
     """
     denominator = _denominator(p)
-    scale = _divide(1.0, denominator)
+    total = fused_total(p, grad, row_loss, inplace, divide(1.0, denominator))
+    return finish(p, total, row_loss, denominator, out)
+
+
+def fused_total(p, grad, row_loss, inplace, grad_scale):
+    """Run the fused kernel with gradient factor ``grad_scale``; return the
+    summed row losses (float64), before any reduction."""
     parallel, serial = _FUSED[p.labels, inplace]
-    args = (p.logits, p.target) + _options(p) + (scale,)
+    args = (p.logits, p.target) + _options(p) + (grad_scale,)
     if not inplace:
         args += (grad.reshape(p.logits.shape),)
-    total = _threading.run(parallel, serial, p.logits.size, *args, row_loss)
-    return _finish(p, total, row_loss, denominator, out)
+    return _threading.run(parallel, serial, p.logits.size, *args, row_loss)
+
+
+def loss_total(p, row_loss):
+    """Run the loss-only kernel; return the summed row losses (float64)."""
+    parallel, serial = _LOSS_ONLY[p.labels]
+    return _threading.run(parallel, serial, p.logits.size, p.logits, p.target, *_options(p), row_loss)
 
 
 def check_grad_out(p, grad_out, out):
     """Validate ``grad_out``; return True when it is the logits (in-place mode)."""
     check_buffer(grad_out, "grad_out", p.shape, p.dtype)
-    inplace = _same_buffer(grad_out, p.source) and p.source.flags.c_contiguous
+    inplace = same_buffer(grad_out, p.source) and p.source.flags.c_contiguous
     others = [("target", p.target), ("weight", p.weight), ("out", out)]
     if not inplace:
         others.append(("logits", p.source))
-    _check_no_overlap(grad_out, "grad_out", others)
+    check_no_overlap(grad_out, "grad_out", others)
     return inplace
 
 
@@ -327,10 +348,8 @@ _OPTIONS_DOC = """
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None):
     p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing)
     out = check_loss_out(p, out)
-    row_loss = _row_loss_buffer(p, out)
-    parallel, serial = _LOSS_ONLY[p.labels]
-    total = _threading.run(parallel, serial, p.logits.size, p.logits, p.target, *_options(p), row_loss)
-    return _finish(p, total, row_loss, _denominator(p), out)
+    row_loss = row_loss_buffer(p, out)
+    return finish(p, loss_total(p, row_loss), row_loss, _denominator(p), out)
 
 
 cross_entropy.__doc__ = (
@@ -359,7 +378,7 @@ def cross_entropy_with_grad(
         grad_out = np.empty(p.shape, dtype=p.dtype)
     else:
         inplace = check_grad_out(p, grad_out, out)
-    loss = fused(p, grad_out, _row_loss_buffer(p, out), out, inplace)
+    loss = fused(p, grad_out, row_loss_buffer(p, out), out, inplace)
     return loss, grad_out
 
 
@@ -420,13 +439,13 @@ cross_entropy_grad.__doc__ = (
 
 def _rowwise(x, axis, out, name, keep_axis):
     """Move ``axis`` last, run ``name`` over rows, put the result where it belongs."""
-    x = _as_float_array(x, "x")
+    x = as_float_array(x, "x")
     axis = normalize_axis_index(axis, x.ndim)
     out_shape = x.shape if keep_axis else x.shape[:axis] + x.shape[axis + 1 :]
     if out is not None:
         check_buffer(out, "out", out_shape, x.dtype)
-        if not _same_buffer(out, x):
-            _check_no_overlap(out, "out", [("x", x)])
+        if not same_buffer(out, x):
+            check_no_overlap(out, "out", [("x", x)])
     moved = np.moveaxis(x, axis, -1)
     n_classes = moved.shape[-1]
     n_rows = math.prod(moved.shape[:-1])

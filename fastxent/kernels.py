@@ -884,3 +884,186 @@ def logsumexp_rows(x, out):
 log_softmax_rows, log_softmax_rows_serial = _twins(log_softmax_rows)
 softmax_rows, softmax_rows_serial = _twins(softmax_rows)
 logsumexp_rows, logsumexp_rows_serial = _twins(logsumexp_rows)
+
+
+# --------------------------------------------------------------------------
+# Vocab-sharded cross-entropy (`fastxent.distributed`). Each process holds
+# the columns vocab_start .. vocab_start + width of the logits of the same
+# rows. A call runs in two passes over the shard with two collectives on
+# per-row float64 statistics between them, none of which these kernels do:
+#
+#   1. `vocab_shard_partials` reads the shard (nothing is written, so a
+#      call refused after a collective leaves every buffer as it was):
+#      local row max m_k, sum_c exp(x_c - m_k), sum_c w_c (x_c - r_k)
+#      (r_k = m_k, or 0 for a shard row without a finite max), the target
+#      logit and weight where the label falls in the shard.
+#   -- all-reduce MAX of the row maxes: M = max_k m_k
+#   2. `vocab_shard_rebase` moves the sums to the global max (O(N)).
+#   -- all-reduce SUM of the rebased statistics
+#   3. `vocab_shard_fused` (and its in-place and loss-only forms) assembles
+#      each row's loss from the global statistics, exactly as `_labels_row`
+#      does, and writes the shard's slice of the gradient.
+# --------------------------------------------------------------------------
+
+#: Columns of the per-row statistics: sum of exps, weighted shift sum,
+#: target logit, target weight (the last two from the shard holding the target).
+SHARD_SUM_EXP, SHARD_SHIFT, SHARD_TARGET, SHARD_WEIGHT = range(4)
+SHARD_STATS = 4
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _check_shard(logits, labels, weight, row_max, stats):
+    _check_logits_and_weight(logits, weight)
+    _check_labels_arg(logits, labels)
+    if row_max.shape[0] != logits.shape[0]:
+        raise ValueError("row_max must have one entry per row of logits")
+    if stats.shape[0] != logits.shape[0] or stats.shape[1] != SHARD_STATS:
+        raise ValueError("stats must have shape (logits.shape[0], SHARD_STATS)")
+
+
+def vocab_shard_partials(logits, labels, vocab_start, weight, ignore_index, with_shift, row_max, stats):
+    """Per-row statistics of one vocabulary shard, relative to its own maxima.
+
+    Parameters
+    ----------
+    logits : (N, W) float32/float64, C-contiguous: columns ``vocab_start``
+        to ``vocab_start + W`` of the full (N, V) logits.
+    labels : (N,) int32/int64 global class indices (or ``ignore_index``).
+    vocab_start : int
+    weight : (W,) the shard's class weights, or empty.
+    ignore_index : int
+    with_shift : bool
+        Compute the weighted shift sum (needed for label smoothing only).
+    row_max : (N,) float64 output: the shard's row maxima (-inf for
+        ignored rows, which then take no part in the global maximum).
+    stats : (N, SHARD_STATS) float64 output; see the SHARD_* columns.
+    """
+    _check_shard(logits, labels, weight, row_max, stats)
+    width = logits.shape[1]
+    for i in prange(logits.shape[0]):
+        ii = np.int64(i)
+        for k in range(SHARD_STATS):
+            stats[ii, k] = 0.0
+        row_max[ii] = -np.inf
+        y = labels[ii]
+        if y == ignore_index:
+            continue
+        m = _row_max(logits, ii)
+        row_max[ii] = m
+        finite = m > -np.inf and m < np.inf
+        if m > -np.inf:  # a shard row of -inf only adds no exps (exp(-inf - -inf) would be NaN)
+            stats[ii, SHARD_SUM_EXP] = _row_sum_exp(logits, ii, m)
+        if with_shift:
+            stats[ii, SHARD_SHIFT] = _row_weighted_shift_sum(logits, ii, m if finite else cast_like(logits, 0.0), weight)
+        local = y - vocab_start
+        if local >= 0 and local < width:
+            stats[ii, SHARD_TARGET] = logits[ii, local]
+            stats[ii, SHARD_WEIGHT] = 1.0 if weight.shape[0] == 0 else weight[local]
+
+
+vocab_shard_partials, vocab_shard_partials_serial = _twins(vocab_shard_partials)
+
+
+@njit(**_config.SERIAL)
+def vocab_shard_rebase(row_max, global_max, weight_sum, stats):
+    """Rebase one shard's `vocab_shard_partials` to the global row maxima (O(N)).
+
+    ``weight_sum`` is the sum of the shard's class weights (its width when
+    unweighted). Afterwards the statistics of all shards can be summed.
+    """
+    if global_max.shape[0] != row_max.shape[0] or stats.shape[0] != row_max.shape[0]:
+        raise ValueError("row_max, global_max and stats must have one entry per row")
+    for i in range(row_max.shape[0]):
+        m, big = row_max[i], global_max[i]
+        if m > -np.inf:
+            stats[i, SHARD_SUM_EXP] *= math.exp(m - big)
+        finite = m > -np.inf and m < np.inf
+        stats[i, SHARD_SHIFT] += weight_sum * ((m if finite else 0.0) - big)
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _shard_rows(x, labels, start, stop, vocab_start, weight, ignore_index, keep, spread, wsum, scale, global_max, stats,
+                g, row_loss, with_grad):
+    """Loss (float64) of rows start..stop from the global statistics; their
+    gradient slice into g (which may be x). The formulas are `_labels_row`'s."""
+    store = row_loss.shape[0] != 0
+    width = x.shape[1]
+    total = 0.0
+    for i in range(start, stop):
+        y = labels[i]
+        loss = 0.0
+        if y == ignore_index:
+            if with_grad:
+                _row_zero(g, i)
+        else:
+            big = global_max[i]
+            s = stats[i, SHARD_SUM_EXP]
+            log_s = math.log(s)
+            target_mass = keep * stats[i, SHARD_WEIGHT]
+            loss = target_mass * ((big - stats[i, SHARD_TARGET]) + log_s) if target_mass != 0.0 else 0.0
+            if spread != 0.0:
+                loss += spread * (wsum * log_s - stats[i, SHARD_SHIFT])
+            if with_grad:
+                m = cast_like(x, big)
+                a = cast_like(x, scale * (target_mass + spread * wsum) / s)
+                b = cast_like(x, scale * spread)
+                if weight.shape[0] == 0:
+                    for c in range(width):
+                        g[i, c] = a * exp_nonpositive(x[i, c] - m) - b
+                else:
+                    for c in range(width):
+                        g[i, c] = a * exp_nonpositive(x[i, c] - m) - b * cast_like(x, weight[c])
+                local = y - vocab_start
+                if local >= 0 and local < width:
+                    g[i, local] -= cast_like(x, scale * target_mass)
+        if store:
+            row_loss[i] = loss
+        total += loss
+    return total
+
+
+def vocab_shard_fused(logits, labels, vocab_start, weight, ignore_index, label_smoothing, n_classes, weight_sum,
+                      grad_scale, global_max, stats, grad, row_loss, with_grad):
+    """Losses and this shard's gradient slice from the summed statistics.
+
+    Parameters
+    ----------
+    logits, labels, vocab_start, weight, ignore_index
+        As in `vocab_shard_partials`.
+    label_smoothing : float in [0, 1]
+    n_classes : int
+        The full vocabulary size V (smoothing spreads eps / V over it).
+    weight_sum : float
+        Sum of the class weights over the full vocabulary (V if unweighted).
+    grad_scale : float
+        As in `xent_labels_fused`.
+    global_max : (N,) float64, the all-reduced (MAX) row maxima.
+    stats : (N, SHARD_STATS) float64, the all-reduced (SUM) rebased statistics.
+    grad : (N, W) output of the logits' dtype. It may be ``logits`` itself
+        (each element is read before it is written), and is untouched when
+        ``with_grad`` is False.
+    row_loss : (N,) output for the per-row losses (the same on every shard),
+        or empty.
+    with_grad : bool
+
+    Returns
+    -------
+    float
+        The summed row losses (float64, fixed order, as the other kernels).
+    """
+    _check_shard(logits, labels, weight, global_max, stats)
+    _check_grad(logits, grad)
+    _check_row_loss(logits, row_loss)
+    spread = label_smoothing / n_classes
+    keep = 1.0 - label_smoothing
+    _, n_groups, per_group = _groups(logits, False)
+    partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
+    for grp in prange(n_groups):
+        start = np.int64(grp) * per_group
+        partial[grp] = _shard_rows(logits, labels, start, min(logits.shape[0], start + per_group), vocab_start, weight,
+                                   ignore_index, keep, spread, weight_sum, grad_scale, global_max, stats, grad,
+                                   row_loss, with_grad)
+    return _sum_groups(partial, n_groups)
+
+
+vocab_shard_fused, vocab_shard_fused_serial = _twins(vocab_shard_fused)
