@@ -40,3 +40,10 @@ def test_torch_example_matches_torch_and_learns():
     assert result["max_rel"] < 1e-4  # the same training run, step for step
     assert result["accuracy"] >= 0.9 and result["last"] < 0.25 * result["first"]
     assert set(result["speedups"]) == {"64x10", "512x32000"}
+
+
+def test_dask_example_is_exact_on_uneven_blocks():
+    pytest.importorskip("dask.array")
+    result = load("dask_evaluate").main(fast=True)
+    assert abs(result["head_lazy"] - result["head_eager"]) <= 1e-6 * abs(result["head_eager"])
+    assert 0 < result["loss"] < 10
