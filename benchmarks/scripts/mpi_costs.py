@@ -1,6 +1,6 @@
 """Cost of the vocab-sharded and batch-sharded forms against one process.
 
-Run as ``mpiexec -n 2 python benchmarks/mpi_costs.py`` (asv cannot launch
+Run as ``mpiexec -n 2 python benchmarks/scripts/mpi_costs.py`` (asv cannot launch
 MPI jobs). Rank 0 times the single-process fused call with every thread
 while the other ranks sleep (they poll a non-blocking barrier, so they take
 no CPU); then all ranks time the sharded call, each rank on one thread. The

@@ -1,6 +1,6 @@
 """Throughput of `fastxent.dask.cross_entropy` against the in-memory call.
 
-``python benchmarks/dask_costs.py [--gib 2] [--chunk-mib 64] [--classes 1000]``
+``python benchmarks/scripts/dask_costs.py [--gib 2] [--chunk-mib 64] [--classes 1000]``
 
 The logits are generated in memory once and wrapped with
 ``dask.array.from_array`` (so the comparison is the compute, not a disk);
