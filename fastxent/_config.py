@@ -88,8 +88,20 @@ ROW_REDUCE = dict(_COMMON, fastmath=set(REDUCE_FLAGS))
 ROW_ELEMENTWISE = dict(_COMMON, fastmath=set(ELEMENTWISE_FLAGS))
 
 # `fastxent.linear`: rows per slab of logits are chosen so that a slab
-# holds about LINEAR_CHUNK_BYTES (at least LINEAR_CHUNK_MIN_ROWS rows).
-# Measured (2 cores, float32, N = 2048, D = 512, V = 32000, forward and
-# backward, medians of interleaved runs): see README, "Large vocabularies".
-LINEAR_CHUNK_BYTES = 64 * 2**20
+# holds about LINEAR_CHUNK_BYTES (at least LINEAR_CHUNK_MIN_ROWS rows, as
+# thinner slabs starve the matrix products). Measured (2 cores, float32,
+# N = 2048, D = 512, V = 32000, forward and backward, time relative to the
+# unchunked NumPy + fastxent path / peak memory beyond the inputs and the
+# gradient outputs relative to the logits; benchmarks/scripts/linear_costs.py):
+# 128 rows 1.23 / -; 256 rows 0.97-1.04 / 0.15; 512 rows 0.90-0.91 / 0.27;
+# 1024 rows 0.81-0.87 / 0.52. 32 MiB (262 rows here) keeps memory near
+# 0.15x for about 5% of time against 512 rows.
+LINEAR_CHUNK_BYTES = 32 * 2**20
 LINEAR_CHUNK_MIN_ROWS = 64
+# The weight gradient of a slab, dlogits.T @ x, is accumulated this many
+# classes at a time through a small temporary (2 MiB at D = 512 float32).
+# Measured at N = 2048, D = 512, V = 32000 float32, ms per 2048 rows, slabs
+# of 256 / 512 / 1024 rows: blocks of 1024 classes 365 / 346 / 364; one
+# gemm with beta = 1 into the whole gradient (scipy) 693 / 551 / 466; a
+# (V, D) temporary and an add 791 / 580 / 495.
+LINEAR_CLASS_BLOCK = 1024

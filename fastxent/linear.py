@@ -40,26 +40,30 @@ def default_chunk_size(n_rows, n_classes, n_features, itemsize):
     return int(min(n_rows, rows)) if n_rows else 1
 
 
-def _scipy_blas():
-    """scipy's BLAS wrappers, or None; imported on first use, not with fastxent."""
-    try:
-        from scipy.linalg import blas
-    except ImportError:  # pragma: no cover - scipy is optional
-        return None
-    return blas
-
-
 def _accumulate_weight_grad(grad_weight, dlogits, x, first):
-    """grad_weight (V, D) += dlogits.T @ x; with scipy's BLAS (gemm, beta = 1) there is no (V, D) temporary."""
-    blas = _scipy_blas() if not first else None
-    if first:
-        np.matmul(dlogits.T, x, out=grad_weight)
-    elif blas is not None:
-        gemm = blas.sgemm if grad_weight.dtype == np.float32 else blas.dgemm
-        # gW.T (D, V) is Fortran-ordered: gW.T += x.T @ dlogits in place (beta = 1).
-        gemm(1.0, x.T, dlogits.T, beta=1.0, c=grad_weight.T, overwrite_c=True, trans_b=True)
-    else:
-        grad_weight += dlogits.T @ x
+    """grad_weight (V, D) += dlogits.T @ x (``=`` for the first slab), LINEAR_CLASS_BLOCK classes at a time.
+
+    One product into the whole (V, D) gradient with a slab's few rows as
+    the inner dimension was measured at 1.6 to 1.9x the time of the same
+    product done in blocks of classes through a small temporary that stays
+    in cache (scipy's gemm with beta = 1 included); see `_config`.
+    """
+    block = _config.LINEAR_CLASS_BLOCK
+    tmp = _block_scratch(min(block, grad_weight.shape[0]), grad_weight.shape[1], grad_weight.dtype)
+    for v0 in range(0, grad_weight.shape[0], block):
+        v1 = min(grad_weight.shape[0], v0 + block)
+        if first:
+            np.matmul(dlogits[:, v0:v1].T, x, out=grad_weight[v0:v1])
+        else:
+            np.matmul(dlogits[:, v0:v1].T, x, out=tmp[: v1 - v0])
+            grad_weight[v0:v1] += tmp[: v1 - v0]
+
+
+def _block_scratch(rows, n_features, dtype):
+    tmp = getattr(_scratch, "block", None)
+    if tmp is None or tmp.dtype != dtype or tmp.size < rows * n_features:
+        tmp = _scratch.block = np.empty(rows * n_features, dtype=dtype)
+    return tmp[: rows * n_features].reshape(rows, n_features)
 
 
 def _check_operands(x, w, bias):
