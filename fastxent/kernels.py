@@ -998,7 +998,8 @@ def _shard_rows(x, labels, start, stop, vocab_start, weight, ignore_index, keep,
         else:
             big = global_max[i]
             s = stats[i, SHARD_SUM_EXP]
-            log_s = math.log(s)
+            # s is 0 for a row of -inf only (the single-process kernel gives NaN there, and so does this)
+            log_s = math.log(s) if s > 0.0 else (-np.inf if s == 0.0 else np.nan)
             target_mass = keep * stats[i, SHARD_WEIGHT]
             loss = target_mass * ((big - stats[i, SHARD_TARGET]) + log_s) if target_mass != 0.0 else 0.0
             if spread != 0.0:
