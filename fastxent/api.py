@@ -108,6 +108,16 @@ def labels_array(target, batch_shape, n_classes, ignore_index):
     return target.astype(np.int64)
 
 
+def checked_labels(target, batch_shape, n_classes, ignore_index, weight):
+    """Integer class indices validated in one pass: (flat C-contiguous
+    labels, "mean" denominator), or ValueError naming the first bad label."""
+    labels = np.ascontiguousarray(labels_array(target, batch_shape, n_classes, ignore_index)).reshape(-1)
+    bad, mean_denominator = kernels.check_labels(labels, weight, n_classes, ignore_index)
+    if bad >= 0:
+        raise invalid_label(labels[bad], bad, batch_shape, n_classes, ignore_index)
+    return labels, mean_denominator
+
+
 class _Problem:
     """Validated inputs, reshaped to the 2-D (rows, classes) form the kernels take."""
 
@@ -186,11 +196,7 @@ def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
     _refuse_autograd_tensor(target, "target")
     target = np.asarray(target)
     if target.dtype.kind in "iu":
-        labels = np.ascontiguousarray(labels_array(target, batch_shape, n_classes, ignore_index)).reshape(-1)
-        bad, mean_denominator = kernels.check_labels(labels, weight, n_classes, ignore_index)
-        if bad >= 0:
-            raise invalid_label(labels[bad], bad, batch_shape, n_classes, ignore_index)
-        target2d = labels
+        target2d, mean_denominator = checked_labels(target, batch_shape, n_classes, ignore_index, weight)
     elif target.dtype.kind == "f":
         if target.shape != source.shape:
             raise ValueError(
@@ -236,12 +242,19 @@ def finish(p, total, row_loss, denominator, out=None):
 
 def check_loss_out(p, out):
     """Validate ``out`` for the per-row losses, or return None when it is absent."""
+    return check_row_loss_buffer(out, p.reduction, p.shape[:-1], p.dtype,
+                                 [("logits", p.source), ("target", p.target), ("weight", p.weight)])
+
+
+def check_row_loss_buffer(out, reduction, batch_shape, dtype, inputs):
+    """Validate ``out`` for per-row losses (reduction="none" only) against
+    the (name, array) ``inputs`` it must not overlap; None when absent."""
     if out is None:
         return None
-    if p.reduction != "none":
-        raise ValueError(f"out is only valid with reduction='none', got reduction={p.reduction!r}")
-    check_buffer(out, "out", p.shape[:-1], p.dtype)
-    check_no_overlap(out, "out", [("logits", p.source), ("target", p.target), ("weight", p.weight)])
+    if reduction != "none":
+        raise ValueError(f"out is only valid with reduction='none', got reduction={reduction!r}")
+    check_buffer(out, "out", batch_shape, dtype)
+    check_no_overlap(out, "out", inputs)
     return out
 
 
@@ -307,11 +320,17 @@ def loss_total(p, row_loss):
 
 def check_grad_out(p, grad_out, out):
     """Validate ``grad_out``; return True when it is the logits (in-place mode)."""
-    check_buffer(grad_out, "grad_out", p.shape, p.dtype)
-    inplace = same_buffer(grad_out, p.source) and p.source.flags.c_contiguous
-    others = [("target", p.target), ("weight", p.weight), ("out", out)]
+    return check_grad_buffer(grad_out, p.source, p.dtype, [("target", p.target), ("weight", p.weight), ("out", out)])
+
+
+def check_grad_buffer(grad_out, source, dtype, others, source_name="logits"):
+    """Validate a gradient buffer for logits ``source``; return True when it
+    is ``source`` itself (in-place mode). It must not overlap ``others``
+    (name, array) pairs, nor ``source`` unless it is exactly ``source``."""
+    check_buffer(grad_out, "grad_out", source.shape, dtype)
+    inplace = same_buffer(grad_out, source) and source.flags.c_contiguous
     if not inplace:
-        others.append(("logits", p.source))
+        others = others + [(source_name, source)]
     check_no_overlap(grad_out, "grad_out", others)
     return inplace
 

@@ -266,24 +266,15 @@ def _prepare_shard(logits, target, vocab_start, weight, ignore_index, reduction,
             "probability targets are not supported vocab-sharded"
         )
     s.labels = np.ascontiguousarray(api.labels_array(target, s.batch_shape, "V", s.ignore_index)).reshape(-1)
-    s.out = None
-    if out is not None:
-        if reduction != "none":
-            raise ValueError(f"out is only valid with reduction='none', got reduction={reduction!r}")
-        api.check_buffer(out, "out", s.batch_shape, s.dtype)
-        api.check_no_overlap(out, "out", [("logits_shard", source), ("target", s.labels), ("weight_shard", s.weight)])
-        s.out = out
+    s.out = api.check_row_loss_buffer(out, reduction, s.batch_shape, s.dtype,
+                                      [("logits_shard", source), ("target", s.labels), ("weight_shard", s.weight)])
     s.grad, s.inplace = None, False
     if with_grad:
         if grad_out is None:
             s.grad = np.empty(source.shape, dtype=s.dtype)
         else:
-            api.check_buffer(grad_out, "grad_out", source.shape, s.dtype)
-            s.inplace = api.same_buffer(grad_out, source) and source.flags.c_contiguous
             others = [("target", s.labels), ("weight_shard", s.weight), ("out", s.out)]
-            if not s.inplace:
-                others.append(("logits_shard", source))
-            api.check_no_overlap(grad_out, "grad_out", others)
+            s.inplace = api.check_grad_buffer(grad_out, source, s.dtype, others, "logits_shard")
             s.grad = grad_out
     return s
 

@@ -26,12 +26,13 @@ __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 _scratch = threading.local()  # one slab per thread: concurrent calls never share it
 
 
-def _slab(rows, n_classes, dtype):
-    """A reused (rows, n_classes) scratch array of this thread."""
-    slab = getattr(_scratch, "slab", None)
-    if slab is None or slab.dtype != dtype or slab.size < rows * n_classes:
-        slab = _scratch.slab = np.empty(rows * n_classes, dtype=dtype)
-    return slab[: rows * n_classes].reshape(rows, n_classes)
+def _thread_scratch(name, rows, cols, dtype):
+    """A (rows, cols) view of this thread's scratch array ``name``, grown when too small and reused."""
+    buf = getattr(_scratch, name, None)
+    if buf is None or buf.dtype != dtype or buf.size < rows * cols:
+        buf = np.empty(rows * cols, dtype=dtype)
+        setattr(_scratch, name, buf)
+    return buf[: rows * cols].reshape(rows, cols)
 
 
 def default_chunk_size(n_rows, n_classes, n_features, itemsize):
@@ -49,7 +50,7 @@ def _accumulate_weight_grad(grad_weight, dlogits, x, first):
     in cache (scipy's gemm with beta = 1 included); see `_config`.
     """
     block = _config.LINEAR_CLASS_BLOCK
-    tmp = _block_scratch(min(block, grad_weight.shape[0]), grad_weight.shape[1], grad_weight.dtype)
+    tmp = _thread_scratch("block", min(block, grad_weight.shape[0]), grad_weight.shape[1], grad_weight.dtype)
     for v0 in range(0, grad_weight.shape[0], block):
         v1 = min(grad_weight.shape[0], v0 + block)
         if first:
@@ -57,13 +58,6 @@ def _accumulate_weight_grad(grad_weight, dlogits, x, first):
         else:
             np.matmul(dlogits[:, v0:v1].T, x, out=tmp[: v1 - v0])
             grad_weight[v0:v1] += tmp[: v1 - v0]
-
-
-def _block_scratch(rows, n_features, dtype):
-    tmp = getattr(_scratch, "block", None)
-    if tmp is None or tmp.dtype != dtype or tmp.size < rows * n_features:
-        tmp = _scratch.block = np.empty(rows * n_features, dtype=dtype)
-    return tmp[: rows * n_features].reshape(rows, n_features)
 
 
 def _check_operands(x, w, bias):
@@ -126,11 +120,8 @@ def linear_cross_entropy(
     ignore_index, label_smoothing = api.check_options(reduction, ignore_index, label_smoothing)
     class_weight = api.class_weight(weight, n_classes, x.dtype)
     _refuse_probabilities(target)
-    labels = np.ascontiguousarray(api.labels_array(np.asarray(target), batch_shape, n_classes, ignore_index))
-    labels = labels.reshape(-1)
-    bad, mean_denominator = kernels.check_labels(labels, class_weight, n_classes, ignore_index)
-    if bad >= 0:
-        raise api.invalid_label(labels[bad], bad, batch_shape, n_classes, ignore_index)
+    labels, mean_denominator = api.checked_labels(np.asarray(target), batch_shape, n_classes, ignore_index,
+                                                  class_weight)
     if chunk_size is None:
         chunk_size = default_chunk_size(n_rows, n_classes, n_features, x.dtype.itemsize)
     elif not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
@@ -146,10 +137,8 @@ def linear_cross_entropy(
     grad_input = buffer(grad_input_out, "grad_input_out", x.shape)
     grad_weight = buffer(grad_weight_out, "grad_weight_out", w.shape)
     grad_bias = buffer(grad_bias_out, "grad_bias_out", (n_classes,)) if bias is not None else None
-    if out is not None:
-        if reduction != "none":
-            raise ValueError(f"out is only valid with reduction='none', got reduction={reduction!r}")
-        out = buffer(out, "out", batch_shape)
+    out = api.check_row_loss_buffer(out, reduction, batch_shape, x.dtype,
+                                    [("input", x), ("linear_weight", w), ("linear_bias", bias)])
     row_loss = (out if out is not None else np.empty(batch_shape, x.dtype)) if reduction == "none" else None
 
     denominator = mean_denominator if reduction == "mean" else 1.0
@@ -163,7 +152,7 @@ def linear_cross_entropy(
     for start in range(0, n_rows, chunk_size):
         stop = min(n_rows, start + chunk_size)
         xs = x2d[start:stop]
-        logits = _slab(stop - start, n_classes, x.dtype)
+        logits = _thread_scratch("slab", stop - start, n_classes, x.dtype)
         np.matmul(xs, w.T, out=logits)
         if bias is not None:
             logits += bias

@@ -55,11 +55,12 @@ def problem(dtype, n_rows, n_classes, seed, nonfinite=False):
     return x, y, w
 
 
-def shard_edges(n_classes, seed=7):
-    """Unequal class ranges, one per rank, covering [0, n_classes)."""
+def my_classes(n_classes, seed=7):
+    """This rank's class range [a, b): unequal ranges, one per rank, covering [0, n_classes)."""
     rng = np.random.default_rng(seed + SIZE)
     cuts = np.sort(rng.choice(np.arange(1, n_classes), SIZE - 1, replace=False))
-    return np.concatenate([[0], cuts, [n_classes]])
+    edges = np.concatenate([[0], cuts, [n_classes]])
+    return int(edges[RANK]), int(edges[RANK + 1])
 
 
 def expand(opts, w, y):
@@ -91,15 +92,14 @@ def test_world_has_several_ranks():
 def test_vocab_sharded_equals_single_process(dtype, opts, nonfinite):
     x, y, w = problem(dtype, 23, 37, seed=1, nonfinite=nonfinite)
     opts, y = expand(opts, w, y)
-    edges = shard_edges(37)
-    a, b = edges[RANK], edges[RANK + 1]
+    a, b = my_classes(37)
     shard_opts = dict(opts)
     if "weight" in shard_opts:
         shard_opts["weight_shard"] = shard_opts.pop("weight")[a:b]
     loss, grad = fd.vocab_parallel_cross_entropy_with_grad(
-        x[:, a:b].copy(), y, vocab_start=int(a), comm=COMM, **shard_opts
+        x[:, a:b].copy(), y, vocab_start=a, comm=COMM, **shard_opts
     )
-    loss_only = fd.vocab_parallel_cross_entropy(x[:, a:b].copy(), y, vocab_start=int(a), comm=COMM, **shard_opts)
+    loss_only = fd.vocab_parallel_cross_entropy(x[:, a:b].copy(), y, vocab_start=a, comm=COMM, **shard_opts)
     single_loss, single_grad = fastxent.cross_entropy_with_grad(x, y, **opts)
     # every rank returns the same loss, bit for bit
     all_losses = COMM.allgather(np.asarray(loss).tobytes())
@@ -119,9 +119,8 @@ def test_vocab_sharded_smoothing_uses_the_full_vocabulary():
     # Megatron-LM's vocab-parallel smoothing spreads eps over each shard's
     # own width; the loss must be that of the unsharded logits.
     x, y, _ = problem(np.float64, 16, 50, seed=2)
-    edges = shard_edges(50)
-    a, b = edges[RANK], edges[RANK + 1]
-    loss = fd.vocab_parallel_cross_entropy(x[:, a:b].copy(), y, vocab_start=int(a), comm=COMM, label_smoothing=0.4)
+    a, b = my_classes(50)
+    loss = fd.vocab_parallel_cross_entropy(x[:, a:b].copy(), y, vocab_start=a, comm=COMM, label_smoothing=0.4)
     ref_loss, _ = reference.cross_entropy_with_grad(x, y, label_smoothing=0.4)
     assert abs(loss - ref_loss) <= 1e-12 * abs(ref_loss)
 
@@ -129,12 +128,11 @@ def test_vocab_sharded_smoothing_uses_the_full_vocabulary():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vocab_sharded_in_place_and_buffers(dtype):
     x, y, w = problem(dtype, 30, 41, seed=3)
-    edges = shard_edges(41)
-    a, b = edges[RANK], edges[RANK + 1]
+    a, b = my_classes(41)
     shard = x[:, a:b].copy()
     out = np.empty(30, dtype=dtype)
     loss, grad = fd.vocab_parallel_cross_entropy_with_grad(
-        shard, y, vocab_start=int(a), comm=COMM, reduction="none", out=out, grad_out=shard, label_smoothing=0.1
+        shard, y, vocab_start=a, comm=COMM, reduction="none", out=out, grad_out=shard, label_smoothing=0.1
     )
     single_loss, single_grad = fastxent.cross_entropy_with_grad(x, y, reduction="none", label_smoothing=0.1)
 
@@ -145,10 +143,9 @@ def test_vocab_sharded_in_place_and_buffers(dtype):
 
 def test_vocab_sharded_batch_axes():
     x, y, _ = problem(np.float64, 24, 19, seed=4)
-    edges = shard_edges(19)
-    a, b = edges[RANK], edges[RANK + 1]
+    a, b = my_classes(19)
     x3, y3 = x.reshape(4, 6, 19), y.reshape(4, 6)
-    loss, grad = fd.vocab_parallel_cross_entropy_with_grad(x3[..., a:b], y3, vocab_start=int(a), comm=COMM)
+    loss, grad = fd.vocab_parallel_cross_entropy_with_grad(x3[..., a:b], y3, vocab_start=a, comm=COMM)
     single_loss, single_grad = fastxent.cross_entropy_with_grad(x3, y3)
 
     assert grad.shape == (4, 6, b - a)
@@ -168,12 +165,11 @@ def collective_error(call):
 def test_vocab_sharded_bad_label_raises_everywhere_and_writes_nothing():
     x, y, _ = problem(np.float64, 12, 20, seed=5)
     y[7] = 20  # outside the global vocabulary [0, 20)
-    edges = shard_edges(20)
-    a, b = edges[RANK], edges[RANK + 1]
+    a, b = my_classes(20)
     shard = x[:, a:b].copy()
     before = shard.copy()
     exc = collective_error(
-        lambda: fd.vocab_parallel_cross_entropy_with_grad(shard, y, vocab_start=int(a), comm=COMM, grad_out=shard)
+        lambda: fd.vocab_parallel_cross_entropy_with_grad(shard, y, vocab_start=a, comm=COMM, grad_out=shard)
     )
 
     assert isinstance(exc, ValueError) and "label 20 at index (7,)" in str(exc)
@@ -182,19 +178,17 @@ def test_vocab_sharded_bad_label_raises_everywhere_and_writes_nothing():
 
 def test_vocab_sharded_shards_must_tile_the_vocabulary():
     x, y, _ = problem(np.float64, 8, 20, seed=6)
-    edges = shard_edges(20)
-    a, b = edges[RANK], edges[RANK + 1]
+    a, b = my_classes(20)
     b_claimed = b + 1 if RANK == 0 else b  # rank 0's shard overlaps rank 1's
     shard = np.zeros((8, b_claimed - a)) if RANK == 0 else x[:, a:b].copy()
-    exc = collective_error(lambda: fd.vocab_parallel_cross_entropy(shard, y, vocab_start=int(a), comm=COMM))
+    exc = collective_error(lambda: fd.vocab_parallel_cross_entropy(shard, y, vocab_start=a, comm=COMM))
 
     assert isinstance(exc, ValueError) and "do not tile" in str(exc)
 
 
 def test_vocab_sharded_refused_input_on_one_rank_raises_on_all():
     x, y, _ = problem(np.float64, 8, 20, seed=6)
-    edges = shard_edges(20)
-    a, b = edges[RANK], edges[RANK + 1]
+    a, b = my_classes(20)
     start = -1 if RANK == SIZE - 1 else int(a)
     exc = collective_error(lambda: fd.vocab_parallel_cross_entropy(x[:, a:b].copy(), y, vocab_start=start, comm=COMM))
 
@@ -206,11 +200,10 @@ def test_vocab_sharded_refused_input_on_one_rank_raises_on_all():
 
 def test_vocab_sharded_targets_must_agree():
     x, y, _ = problem(np.float64, 10, 20, seed=8)
-    edges = shard_edges(20)
-    a, b = edges[RANK], edges[RANK + 1]
+    a, b = my_classes(20)
     y = y.copy()
     y[3] = RANK  # a different (valid) label on each rank
-    exc = collective_error(lambda: fd.vocab_parallel_cross_entropy(x[:, a:b].copy(), y, vocab_start=int(a), comm=COMM))
+    exc = collective_error(lambda: fd.vocab_parallel_cross_entropy(x[:, a:b].copy(), y, vocab_start=a, comm=COMM))
 
     assert isinstance(exc, ValueError) and "different targets" in str(exc)
 
