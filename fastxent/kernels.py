@@ -64,7 +64,7 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from . import _config
-from ._fastmath import cast_like, exp_nonpositive, log_sum, maxnum, stack_empty
+from ._fastmath import cast_like, exp_nonpositive, fast_tanh, log_sum, maxnum, stack_empty
 
 #: Pass as ``weight`` for unweighted classes (float64; its dtype is unused).
 NO_WEIGHT = np.empty(0, dtype=np.float64)
@@ -136,6 +136,7 @@ _check_grad = _argument_check("grad", rows_only=False, integer=False)
 _check_target = _argument_check("target", rows_only=False, integer=False)
 _check_out = _argument_check("out", rows_only=False, integer=False)
 _check_row_loss = _argument_check("row_loss", rows_only=True, integer=False, empty_ok=True)
+_check_lse = _argument_check("lse", rows_only=True, integer=False, empty_ok=True)
 _check_out_rows = _argument_check("out", rows_only=True, integer=False)
 _check_labels_arg = _argument_check("labels", rows_only=True, integer=True)
 
@@ -357,33 +358,124 @@ def _row_exps(x, i, m, g, with_grad, inplace):
     return _row_exp_store(x, i, m, x if inplace else g)
 
 
-@njit(inline="always", **_config.ROW_ELEMENTWISE)
-def _labels_row(x, i, y, weight, ignore_index, keep, spread, weight_sum, scale, g, with_grad, inplace):
-    """Loss of one row with a class-index target; gradient into g if asked
-    (``inplace``: g is x).
+# --------------------------------------------------------------------------
+# Soft-capped logits (Gemma 2): u = cap * tanh(x / cap). The capped row is
+# never held apart from the gradient buffer: its maximum is the cap of the
+# raw maximum (tanh is monotone, and `fast_tanh` is tested to be), so the
+# exps and sums are taken in the same pass that caps each logit.
+# --------------------------------------------------------------------------
 
-    Loss: keep w_y (-log p_y) + spread * sum_c w_c (-log p_c), where
-    keep = 1 - eps and spread = eps / C for label smoothing eps.
-    Gradient: scale * (W p - q), q_c = keep w_y [c == y] + spread w_c,
-    W = sum_c q_c.
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _cap(v, cap):
+    return cap * fast_tanh(v / cap)
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _exp_shifted(x, d):
+    """exp(d) for d = u - max(u) (in x's dtype): <= 0 but for rounding, which is clamped (NaN stays NaN)."""
+    zero = cast_like(x, 0.0)
+    return exp_nonpositive(d if not d > zero else zero)
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _capped_terms(x, i, c, m, cap, weight, u, store, smoothing, acc, shift, k):
+    v = _cap(x[i, c], cap)
+    if store:
+        u[i, c] = v
+    acc[k] += _exp_shifted(x, v - m)
+    if smoothing:
+        w = cast_like(x, 1.0) if weight.shape[0] == 0 else cast_like(x, weight[c])
+        shift[k] += w * (v - m) if w != cast_like(x, 0.0) else cast_like(x, 0.0)  # 0 * log 0 = 0
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _row_capped_sums(x, i, m, cap, weight, u, store, smoothing):
+    """(sum_c exp(u_c - m), sum_c w_c (u_c - m)) for u_c = cap tanh(x_c / cap),
+    in the lanes of "Sums along a row"; u goes into ``u`` (which may be x)
+    when ``store``. The second sum is 0 unless ``smoothing``."""
+    n = x.shape[1]
+    acc = _lanes_zero(x)
+    shift = _lanes_zero(x)
+    main = n - n % SUM_LANES
+    for c0 in range(0, main, SUM_LANES):
+        for k in range(SUM_LANES):
+            _capped_terms(x, i, c0 + k, m, cap, weight, u, store, smoothing, acc, shift, k)
+    for c in range(main, n):
+        _capped_terms(x, i, c, m, cap, weight, u, store, smoothing, acc, shift, c - main)
+    return _lanes_total(acc), _lanes_total(shift)
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _row_capped_affine(g, i, m, a, b, weight, cap):
+    """g_c = (a exp(u_c - m) - b w_c) (1 - (u_c / cap)^2), where g holds u:
+    `_row_affine` on the capped logits, times the cap's derivative."""
+    one = cast_like(g, 1.0)
+    weighted = weight.shape[0] != 0
+    for c in range(g.shape[1]):
+        u = g[i, c]
+        t = u / cap
+        w = cast_like(g, weight[c]) if weighted else one
+        g[i, c] = (a * _exp_shifted(g, u - m) - b * w) * (one - t * t)
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _row_lse(x, i, cap, weight):
+    """log sum_c exp(u_c), u = x, or its soft cap when cap != 0 (``weight`` is unused)."""
+    m = _row_max(x, i)
+    if cap != cast_like(x, 0.0):
+        m = _cap(m, cap)
+        s, _ = _row_capped_sums(x, i, m, cap, weight, x, False, False)
+    else:
+        s = _row_sum_exp(x, i, m)
+    return m + cast_like(x, math.log(s))
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _labels_row(x, i, y, weight, ignore_index, keep, spread, weight_sum, z_loss, cap, scale, g, lse, with_grad,
+                inplace, options):
+    """Loss of one row with a class-index target; gradient into g if asked
+    (``inplace``: g is x); the row's log-sum-exp into lse[i] unless lse is empty.
+
+    With u = x, or u = cap tanh(x / cap) when ``cap`` != 0, p = softmax(u)
+    and lse = log sum_c exp(u_c):
+    Loss: keep w_y (-log p_y) + spread * sum_c w_c (-log p_c) + z_loss lse^2,
+    where keep = 1 - eps and spread = eps / C for label smoothing eps.
+    Gradient: scale * ((W + 2 z_loss lse) p - q) * du/dx,
+    q_c = keep w_y [c == y] + spread w_c, W = sum_c q_c.
+    Ignored rows: loss 0, gradient 0 (their lse is still given).
+    ``options`` False (a constant at every call site) compiles the z-loss,
+    cap and lse away: the default kernels run the code they ran before them.
     """
     zero = cast_like(x, 0.0)
+    capped = options and cap != zero
+    give_lse = options and lse.shape[0] != 0
+    with_z = options and z_loss != zero
     if y == ignore_index:
+        if give_lse:
+            lse[i] = _row_lse(x, i, cap, weight)
         if with_grad:
             _row_zero(g, i)
         return zero
     if y < 0 or y >= x.shape[1]:  # never index with a bad label: the row is NaN
         nan = cast_like(x, np.nan)
+        if give_lse:
+            lse[i] = nan
         if with_grad:
             _row_fill(g, i, nan)
         return nan
     m = _row_max(x, i)
     # Read everything that needs the raw logits before g (maybe x) is written.
-    x_y = x[i, y]
     shift_sum = zero
-    if spread != zero:
-        shift_sum = _row_weighted_shift_sum(x, i, m, weight)
-    s = _row_exps(x, i, m, g, with_grad, inplace)
+    if capped:
+        m = _cap(m, cap)
+        x_y = _cap(x[i, y], cap)
+        s, shift_sum = _row_capped_sums(x, i, m, cap, weight, g, with_grad, spread != zero)
+    else:
+        x_y = x[i, y]
+        if spread != zero:
+            shift_sum = _row_weighted_shift_sum(x, i, m, weight)
+        s = _row_exps(x, i, m, g, with_grad, inplace)
     log_s = cast_like(x, math.log(s))
     w_y = cast_like(x, 1.0) if weight.shape[0] == 0 else cast_like(x, weight[y])
     target_mass = keep * w_y
@@ -391,10 +483,22 @@ def _labels_row(x, i, y, weight, ignore_index, keep, spread, weight_sum, scale, 
     loss = target_mass * ((m - x_y) + log_s) if target_mass != zero else zero
     if spread != zero:
         loss += spread * (weight_sum * log_s - shift_sum)
+    row_lse = m + log_s
+    if with_z:
+        loss += z_loss * (row_lse * row_lse)
+    if give_lse:
+        lse[i] = row_lse
     if with_grad:
         row_mass = target_mass + spread * weight_sum
-        _row_affine(g, i, scale * row_mass / s, scale * spread, weight)
-        g[i, y] -= scale * target_mass
+        if with_z:
+            row_mass += (z_loss + z_loss) * row_lse
+        if capped:
+            _row_capped_affine(g, i, m, scale * row_mass / s, scale * spread, weight, cap)
+            t_y = x_y / cap
+            g[i, y] -= scale * target_mass * (cast_like(x, 1.0) - t_y * t_y)
+        else:
+            _row_affine(g, i, scale * row_mass / s, scale * spread, weight)
+            g[i, y] -= scale * target_mass
     return loss
 
 
@@ -462,12 +566,14 @@ def _sum_groups(partial, n_groups):
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _labels_rows(x, labels, start, stop, weight, ignore_index, keep, spread, wsum, scale, g, row_loss, with_grad, inplace):
+def _labels_rows(x, labels, start, stop, weight, ignore_index, keep, spread, wsum, z_loss, cap, scale, g, row_loss, lse,
+                 with_grad, inplace, options):
     """Rows start..stop one at a time; returns their summed loss (float64, row order)."""
     store = row_loss.shape[0] != 0
     total = 0.0
     for i in range(start, stop):
-        loss = _labels_row(x, i, labels[i], weight, ignore_index, keep, spread, wsum, scale, g, with_grad, inplace)
+        loss = _labels_row(x, i, labels[i], weight, ignore_index, keep, spread, wsum, z_loss, cap, scale, g, lse,
+                           with_grad, inplace, options)
         if store:
             row_loss[i] = loss
         total += loss
@@ -577,16 +683,17 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _labels_group(x, labels, grp, tiled, per_group, weight, ignore_index, keep, spread, wsum, scale, g, row_loss,
-                  with_grad, inplace):
-    """Summed loss of group ``grp`` (see `_groups`), by tiles or by rows."""
+def _labels_group(x, labels, grp, tiled, per_group, weight, ignore_index, keep, spread, wsum, z_loss, cap, scale, g,
+                  row_loss, lse, with_grad, inplace, options):
+    """Summed loss of group ``grp`` (see `_groups`), by tiles or by rows.
+    Tiles take no z-loss, soft cap or lse: callers passing them do not tile."""
     start = grp * per_group
     if tiled:
         n_tiles = (x.shape[0] + TILE_ROWS - 1) // TILE_ROWS
         return _labels_tiles(x, labels, start, min(n_tiles, start + per_group), weight, ignore_index, keep, spread,
                              wsum, scale, g, row_loss, with_grad, inplace)
     return _labels_rows(x, labels, start, min(x.shape[0], start + per_group), weight, ignore_index, keep, spread,
-                        wsum, scale, g, row_loss, with_grad, inplace)
+                        wsum, z_loss, cap, scale, g, row_loss, lse, with_grad, inplace, options)
 
 
 @njit(**_config.ROW_ELEMENTWISE)
@@ -607,6 +714,12 @@ def _probs_group(x, t, grp, per_group, weight, keep, spread, scale, g, row_loss,
 # Fused cross-entropy kernels, class-index targets. Each is compiled twice
 # by `_twins`: the parallel kernel and its ``_serial`` twin.
 # --------------------------------------------------------------------------
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _no_options(logits):
+    """(0 in the logits' dtype, an empty lse buffer): no z-loss, no soft cap, no lse."""
+    return cast_like(logits, 0.0), stack_empty(logits, 1)[:0]
 
 
 def xent_labels_fused(logits, labels, weight, ignore_index, label_smoothing, grad_scale, grad, row_loss):
@@ -641,10 +754,11 @@ def xent_labels_fused(logits, labels, weight, ignore_index, label_smoothing, gra
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
     tiled, n_groups, per_group = _groups(logits, grad.flags.c_contiguous)
+    zero, no_lse = _no_options(logits)
     partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
     for grp in prange(n_groups):
         partial[grp] = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index, keep, spread, wsum,
-                                     scale, grad, row_loss, True, False)
+                                     zero, zero, scale, grad, row_loss, no_lse, True, False, False)
     return _sum_groups(partial, n_groups)
 
 
@@ -661,10 +775,11 @@ def xent_labels_fused_inplace(logits, labels, weight, ignore_index, label_smooth
     scale = cast_like(logits, grad_scale)
     wsum = _class_weight_sum(logits, weight)
     tiled, n_groups, per_group = _groups(logits, True)
+    zero, no_lse = _no_options(logits)
     partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
     for grp in prange(n_groups):
         partial[grp] = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index, keep, spread, wsum,
-                                     scale, logits, row_loss, True, True)
+                                     zero, zero, scale, logits, row_loss, no_lse, True, True, False)
     return _sum_groups(partial, n_groups)
 
 
@@ -681,16 +796,103 @@ def xent_labels_loss(logits, labels, weight, ignore_index, label_smoothing, row_
     wsum = _class_weight_sum(logits, weight)
     one = cast_like(logits, 1.0)
     tiled, n_groups, per_group = _groups(logits, True)
+    zero, no_lse = _no_options(logits)
     partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
     for grp in prange(n_groups):
         partial[grp] = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index, keep, spread, wsum,
-                                     one, logits, row_loss, False, False)
+                                     zero, zero, one, logits, row_loss, no_lse, False, False, False)
     return _sum_groups(partial, n_groups)
 
 
 xent_labels_fused, xent_labels_fused_serial = _twins(xent_labels_fused)
 xent_labels_fused_inplace, xent_labels_fused_inplace_serial = _twins(xent_labels_fused_inplace)
 xent_labels_loss, xent_labels_loss_serial = _twins(xent_labels_loss)
+
+
+# --------------------------------------------------------------------------
+# The same kernels with the options of language-model training: a z-loss,
+# a soft cap on the logits and each row's log-sum-exp. They take the row
+# path at every class count (the class-major tiles take none of these), so
+# the kernels above stay as they are, bit for bit, for everyone else.
+# --------------------------------------------------------------------------
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _ext_setup(logits, labels, weight, label_smoothing, z_loss, softcap, row_loss, lse):
+    """Checks and per-call constants of the ext kernels: (keep, spread, wsum, z, cap)."""
+    _check_logits_and_weight(logits, weight)
+    _check_labels_arg(logits, labels)
+    _check_row_loss(logits, row_loss)
+    _check_lse(logits, lse)
+    if not (softcap >= 0.0 and softcap < np.inf):
+        raise ValueError("softcap must be finite and >= 0 (0 for no soft cap)")
+    keep, spread = _smoothing_split(logits, label_smoothing)
+    return keep, spread, _class_weight_sum(logits, weight), cast_like(logits, z_loss), cast_like(logits, softcap)
+
+
+def xent_labels_fused_ext(logits, labels, weight, ignore_index, label_smoothing, z_loss, softcap, grad_scale, grad,
+                          row_loss, lse):
+    """`xent_labels_fused` with a z-loss, a soft cap and the rows' log-sum-exp.
+
+    Parameters
+    ----------
+    logits, labels, weight, ignore_index, label_smoothing, grad_scale, grad, row_loss
+        As in `xent_labels_fused`.
+    z_loss : float
+        Adds ``z_loss * lse**2`` to each non-ignored row's loss, without the
+        class weight (PaLM; Liger-Kernel's ``lse_square_scale``).
+    softcap : float
+        When > 0, the logits are replaced by ``softcap * tanh(logits / softcap)``
+        first (Gemma 2); loss, z-loss, lse and the gradient (through the
+        chain rule) all see the capped logits. 0: no cap.
+    lse : (N,) output of the logits' dtype for each row's log-sum-exp (of
+        the capped logits; ignored rows included), or an empty array.
+
+    Returns
+    -------
+    float
+        The summed row losses, as in `xent_labels_fused`.
+    """
+    keep, spread, wsum, z, cap = _ext_setup(logits, labels, weight, label_smoothing, z_loss, softcap, row_loss, lse)
+    _check_grad(logits, grad)
+    scale = cast_like(logits, grad_scale)
+    _, n_groups, per_group = _groups(logits, False)
+    partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
+    for grp in prange(n_groups):
+        partial[grp] = _labels_group(logits, labels, np.int64(grp), False, per_group, weight, ignore_index, keep, spread,
+                                     wsum, z, cap, scale, grad, row_loss, lse, True, False, True)
+    return _sum_groups(partial, n_groups)
+
+
+def xent_labels_fused_inplace_ext(logits, labels, weight, ignore_index, label_smoothing, z_loss, softcap, grad_scale,
+                                  row_loss, lse):
+    """`xent_labels_fused_ext` writing the gradient over ``logits``."""
+    keep, spread, wsum, z, cap = _ext_setup(logits, labels, weight, label_smoothing, z_loss, softcap, row_loss, lse)
+    scale = cast_like(logits, grad_scale)
+    _, n_groups, per_group = _groups(logits, False)
+    partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
+    for grp in prange(n_groups):
+        partial[grp] = _labels_group(logits, labels, np.int64(grp), False, per_group, weight, ignore_index, keep, spread,
+                                     wsum, z, cap, scale, logits, row_loss, lse, True, True, True)
+    return _sum_groups(partial, n_groups)
+
+
+def xent_labels_loss_ext(logits, labels, weight, ignore_index, label_smoothing, z_loss, softcap, row_loss, lse):
+    """`xent_labels_loss` with a z-loss, a soft cap and the rows' log-sum-exp
+    (see `xent_labels_fused_ext`)."""
+    keep, spread, wsum, z, cap = _ext_setup(logits, labels, weight, label_smoothing, z_loss, softcap, row_loss, lse)
+    one = cast_like(logits, 1.0)
+    _, n_groups, per_group = _groups(logits, False)
+    partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
+    for grp in prange(n_groups):
+        partial[grp] = _labels_group(logits, labels, np.int64(grp), False, per_group, weight, ignore_index, keep, spread,
+                                     wsum, z, cap, one, logits, row_loss, lse, False, False, True)
+    return _sum_groups(partial, n_groups)
+
+
+xent_labels_fused_ext, xent_labels_fused_ext_serial = _twins(xent_labels_fused_ext)
+xent_labels_fused_inplace_ext, xent_labels_fused_inplace_ext_serial = _twins(xent_labels_fused_inplace_ext)
+xent_labels_loss_ext, xent_labels_loss_ext_serial = _twins(xent_labels_loss_ext)
 
 
 # --------------------------------------------------------------------------
@@ -825,8 +1027,9 @@ def xent_label_row(logits, label, weight, ignore_index, label_smoothing, grad_sc
         _check_grad(logits, grad)
     keep, spread = _smoothing_split(logits, label_smoothing)
     wsum = _class_weight_sum(logits, weight)
-    return _labels_row(logits, np.int64(0), label, weight, ignore_index, keep, spread, wsum,
-                       cast_like(logits, grad_scale), grad, with_grad, inplace)
+    zero, no_lse = _no_options(logits)
+    return _labels_row(logits, np.int64(0), label, weight, ignore_index, keep, spread, wsum, zero, zero,
+                       cast_like(logits, grad_scale), grad, no_lse, with_grad, inplace, False)
 
 
 # --------------------------------------------------------------------------

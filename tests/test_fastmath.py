@@ -5,7 +5,7 @@ import pytest
 from conftest import large
 from numba import njit
 
-from fastxent._fastmath import exp_nonpositive, fast_exp, maxnum
+from fastxent._fastmath import exp_nonpositive, fast_exp, fast_tanh, maxnum
 
 
 @njit
@@ -18,6 +18,12 @@ def exp_all(x, out):
 def exp_nonpositive_all(x, out):
     for i in range(x.shape[0]):
         out[i] = exp_nonpositive(x[i])
+
+
+@njit
+def tanh_all(x, out):
+    for i in range(x.shape[0]):
+        out[i] = fast_tanh(x[i])
 
 
 @njit
@@ -70,3 +76,21 @@ def test_exp_nonpositive_against_numpy(dtype, lo, rtol, flush):
     small = (want < flush) & ~np.isnan(x)
     assert np.all(out[small] <= flush)
     assert out[-3] == 0.0 and np.isnan(out[-2]) and out[-1] == 1.0
+
+
+@pytest.mark.parametrize("dtype,ulps", [(np.float32, 2.0), (np.float64, 2.0)])
+def test_tanh_against_numpy(dtype, ulps):
+    """The softcap's tanh, on both sides of its 0.625 branch point and into saturation."""
+    tiny = np.finfo(dtype).tiny
+    mags = np.concatenate([np.geomspace(tiny, 1.0, 20_001), np.linspace(0.5, 0.75, 20_001), np.linspace(0.0, 25.0, 50_001)])
+    x = np.concatenate([mags, -mags]).astype(dtype)
+    out = np.empty_like(x)
+    tanh_all(x, out)
+    want = np.tanh(x.astype(np.longdouble))
+    err = np.abs(out.astype(np.longdouble) - want) / np.maximum(np.abs(want), tiny)
+    assert err.max() <= ulps * np.finfo(dtype).eps, float(err.max())
+    order = np.argsort(x, kind="stable")
+    assert np.all(np.diff(out[order]) >= 0)  # monotone, so a row's capped max is its max's cap
+    special = np.array([np.inf, -np.inf, np.nan], dtype)
+    tanh_all(special, special)
+    assert special[0] == 1.0 and special[1] == -1.0 and np.isnan(special[2])
