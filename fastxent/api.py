@@ -133,9 +133,12 @@ class _Problem:
         "shape",  # the caller's logits shape
         "source",  # the caller's logits (as an array), for the in-place test
         "dtype",
+        "z_loss",  # float >= 0
+        "softcap",  # float > 0, or 0.0 for no cap
     )
 
-    def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing, mean_denominator, source):
+    def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing, mean_denominator, source,
+                 z_loss=0.0, softcap=0.0):
         self.logits = logits
         self.target = target
         self.labels = target.ndim == 1
@@ -147,6 +150,12 @@ class _Problem:
         self.shape = source.shape
         self.source = source
         self.dtype = logits.dtype
+        self.z_loss = z_loss
+        self.softcap = softcap
+
+    def extended(self, lse_out):
+        """True when the z-loss, soft cap or lse kernels are needed."""
+        return self.z_loss != 0.0 or self.softcap != 0.0 or lse_out is not None
 
 
 def check_options(reduction, ignore_index, label_smoothing):
@@ -166,6 +175,25 @@ def check_options(reduction, ignore_index, label_smoothing):
     return ignore_index, label_smoothing
 
 
+def check_lm_options(z_loss, softcap):
+    """Validate ``z_loss`` and ``softcap``; return them as floats (softcap 0.0 for None)."""
+    try:
+        z_loss = float(z_loss)
+    except (TypeError, ValueError):
+        raise TypeError(f"z_loss must be a number, got {type(z_loss).__name__}") from None
+    if not (0.0 <= z_loss < math.inf):
+        raise ValueError(f"z_loss must be finite and >= 0, got {z_loss}")
+    if softcap is None:
+        return z_loss, 0.0
+    try:
+        softcap = float(softcap)
+    except (TypeError, ValueError):
+        raise TypeError(f"softcap must be a number or None, got {type(softcap).__name__}") from None
+    if not (0.0 < softcap < math.inf):
+        raise ValueError(f"softcap must be finite and > 0 (None for no cap), got {softcap}")
+    return z_loss, softcap
+
+
 def class_weight(weight, n_classes, dtype, name="weight"):
     """``weight`` as a C-contiguous (n_classes,) array of ``dtype``, or the empty "no weights" array."""
     if weight is None:
@@ -179,7 +207,7 @@ def class_weight(weight, n_classes, dtype, name="weight"):
     return np.ascontiguousarray(weight, dtype=dtype)
 
 
-def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
+def prepare(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss=0.0, softcap=None):
     """Validate cross-entropy arguments; return a `_Problem` or raise."""
     source = as_float_array(logits, "logits")
     dtype = source.dtype
@@ -191,6 +219,7 @@ def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
     n_rows = logits2d.shape[0]
 
     ignore_index, label_smoothing = check_options(reduction, ignore_index, label_smoothing)
+    z_loss, softcap = check_lm_options(z_loss, softcap)
     weight = class_weight(weight, n_classes, dtype)
 
     _refuse_autograd_tensor(target, "target")
@@ -198,6 +227,8 @@ def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
     if target.dtype.kind in "iu":
         target2d, mean_denominator = checked_labels(target, batch_shape, n_classes, ignore_index, weight)
     elif target.dtype.kind == "f":
+        if z_loss or softcap:
+            raise TypeError("z_loss and softcap take class-index targets; got a probability target")
         if target.shape != source.shape:
             raise ValueError(
                 f"probability target must have the logits' shape {source.shape}, got {target.shape}"
@@ -208,7 +239,8 @@ def prepare(logits, target, weight, ignore_index, reduction, label_smoothing):
         raise TypeError(
             f"target must be integer class indices or float probabilities, got dtype {target.dtype}"
         )
-    return _Problem(logits2d, target2d, weight, ignore_index, reduction, label_smoothing, mean_denominator, source)
+    return _Problem(logits2d, target2d, weight, ignore_index, reduction, label_smoothing, mean_denominator, source,
+                    z_loss, softcap)
 
 
 # --------------------------------------------------------------------------
@@ -258,6 +290,19 @@ def check_row_loss_buffer(out, reduction, batch_shape, dtype, inputs):
     return out
 
 
+def check_lse_out(p, lse_out, outputs):
+    """Validate ``lse_out`` (one log-sum-exp per row, class-index targets
+    only) against the inputs and the other (name, array) ``outputs``;
+    return it as the kernels' 1-D buffer, or None when absent."""
+    if lse_out is None:
+        return None
+    if not p.labels:
+        raise TypeError("lse_out takes class-index targets; got a probability target")
+    check_buffer(lse_out, "lse_out", p.shape[:-1], p.dtype)
+    check_no_overlap(lse_out, "lse_out", [("logits", p.source), ("target", p.target), ("weight", p.weight)] + outputs)
+    return lse_out.reshape(-1)
+
+
 NO_ROW_LOSS = {dt: np.empty(0, dtype=dt) for dt in _FLOATS}
 
 
@@ -282,6 +327,12 @@ _LOSS_ONLY = {
     True: (kernels.xent_labels_loss, kernels.xent_labels_loss_serial),
     False: (kernels.xent_probs_loss, kernels.xent_probs_loss_serial),
 }
+# With a z-loss, a soft cap or lse_out (class-index targets), keyed by in place?
+_FUSED_EXT = {
+    False: (kernels.xent_labels_fused_ext, kernels.xent_labels_fused_ext_serial),
+    True: (kernels.xent_labels_fused_inplace_ext, kernels.xent_labels_fused_inplace_ext_serial),
+}
+_LOSS_ONLY_EXT = (kernels.xent_labels_loss_ext, kernels.xent_labels_loss_ext_serial)
 
 
 def _options(p):
@@ -291,29 +342,41 @@ def _options(p):
     return (p.weight, p.label_smoothing)
 
 
-def fused(p, grad, row_loss, out=None, inplace=False):
+def fused(p, grad, row_loss, out=None, inplace=False, lse=None):
     """Run the fused kernel: gradient into ``grad``, losses into ``row_loss``.
 
     ``grad`` has the caller's logits shape; ``inplace`` means it is the
-    logits themselves (see `check_grad_out`). Returns the loss as the API does.
+    logits themselves (see `check_grad_out`); ``lse`` is None or the 1-D
+    buffer of `check_lse_out`. Returns the loss as the API does.
     """
     denominator = _denominator(p)
-    total = fused_total(p, grad, row_loss, inplace, divide(1.0, denominator))
+    total = fused_total(p, grad, row_loss, inplace, divide(1.0, denominator), lse)
     return finish(p, total, row_loss, denominator, out)
 
 
-def fused_total(p, grad, row_loss, inplace, grad_scale):
+def fused_total(p, grad, row_loss, inplace, grad_scale, lse=None):
     """Run the fused kernel with gradient factor ``grad_scale``; return the
     summed row losses (float64), before any reduction."""
-    parallel, serial = _FUSED[p.labels, inplace]
-    args = (p.logits, p.target) + _options(p) + (grad_scale,)
+    extended = p.extended(lse)
+    parallel, serial = _FUSED_EXT[inplace] if extended else _FUSED[p.labels, inplace]
+    args = (p.logits, p.target) + _options(p)
+    if extended:
+        args += (p.z_loss, p.softcap)
+    args += (grad_scale,)
     if not inplace:
         args += (grad.reshape(p.logits.shape),)
-    return _threading.run(parallel, serial, p.logits.size, *args, row_loss)
+    args += (row_loss,)
+    if extended:
+        args += (NO_ROW_LOSS[p.dtype] if lse is None else lse,)
+    return _threading.run(parallel, serial, p.logits.size, *args)
 
 
-def loss_total(p, row_loss):
+def loss_total(p, row_loss, lse=None):
     """Run the loss-only kernel; return the summed row losses (float64)."""
+    if p.extended(lse):
+        lse = NO_ROW_LOSS[p.dtype] if lse is None else lse
+        return _threading.run(*_LOSS_ONLY_EXT, p.logits.size, p.logits, p.target, *_options(p), p.z_loss, p.softcap,
+                              row_loss, lse)
     parallel, serial = _LOSS_ONLY[p.labels]
     return _threading.run(parallel, serial, p.logits.size, p.logits, p.target, *_options(p), row_loss)
 
@@ -361,14 +424,36 @@ _OPTIONS_DOC = """
         one loss per row.
     label_smoothing : float in [0, 1], default 0
         Mixes the target with the uniform distribution over C classes.
+    z_loss : float >= 0, default 0
+        Adds ``z_loss * lse**2`` to each non-ignored row's loss, where
+        ``lse`` is the row's log-sum-exp, without the class weight (PaLM's
+        z-loss; Liger-Kernel's ``lse_square_scale``). "mean" divides it by
+        the same denominator as the rest of the loss. Class-index targets.
+    softcap : float > 0, optional
+        Replaces the logits by ``softcap * tanh(logits / softcap)`` first
+        (Gemma 2); loss, z-loss, lse and the gradient (chain rule included)
+        see the capped logits. Non-finite logits are capped too: -inf
+        becomes -softcap. Class-index targets.
 """
 
+_LSE_DOC = """    lse_out : ndarray, optional
+        Buffer for each row's log-sum-exp (of the capped logits with
+        ``softcap``), ignored rows included: shape ``logits.shape[:-1]``,
+        the logits' dtype, C-contiguous. Class-index targets.
+"""
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None):
-    p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing)
+# z_loss, softcap and lse_out run kernels that take each row in turn:
+# below TILE_MAX_CLASSES classes they are slower than the default call,
+# which lays short rows out class-major (see README, Performance).
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                  z_loss=0.0, softcap=None, out=None, lse_out=None):
+    p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
     out = check_loss_out(p, out)
+    lse = check_lse_out(p, lse_out, [("out", out)])
     row_loss = row_loss_buffer(p, out)
-    return finish(p, loss_total(p, row_loss), row_loss, _denominator(p), out)
+    return finish(p, loss_total(p, row_loss, lse), row_loss, _denominator(p), out)
 
 
 cross_entropy.__doc__ = (
@@ -378,7 +463,9 @@ cross_entropy.__doc__ = (
     + """    out : ndarray, optional
         Buffer for the per-row losses (reduction="none" only): shape
         ``logits.shape[:-1]``, the logits' dtype, C-contiguous, writeable.
-
+"""
+    + _LSE_DOC
+    + """
     Returns
     -------
     loss : numpy scalar of the logits' dtype ("mean", "sum"), or an array of
@@ -388,16 +475,18 @@ cross_entropy.__doc__ = (
 
 
 def cross_entropy_with_grad(
-    logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None, grad_out=None
+    logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0,
+    softcap=None, out=None, grad_out=None, lse_out=None
 ):
-    p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing)
+    p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
     out = check_loss_out(p, out)
     inplace = False
+    if grad_out is not None:
+        inplace = check_grad_out(p, grad_out, out)
+    lse = check_lse_out(p, lse_out, [("out", out), ("grad_out", grad_out)])
     if grad_out is None:
         grad_out = np.empty(p.shape, dtype=p.dtype)
-    else:
-        inplace = check_grad_out(p, grad_out, out)
-    loss = fused(p, grad_out, row_loss_buffer(p, out), out, inplace)
+    loss = fused(p, grad_out, row_loss_buffer(p, out), out, inplace, lse)
     return loss, grad_out
 
 
@@ -412,7 +501,9 @@ cross_entropy_with_grad.__doc__ = (
         writeable. It may be the logits array itself: then the gradient
         overwrites the logits (in-place mode, one read and one write per
         element). Any other overlap with the inputs is an error.
-
+"""
+    + _LSE_DOC
+    + """
     Returns
     -------
     loss : as `cross_entropy`
@@ -423,15 +514,17 @@ cross_entropy_with_grad.__doc__ = (
 
 
 def cross_entropy_grad(
-    logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None
+    logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0,
+    softcap=None, out=None, lse_out=None
 ):
-    p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing)
+    p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
     inplace = False
+    if out is not None:
+        inplace = check_grad_out(p, out, None)
+    lse = check_lse_out(p, lse_out, [("out", out)])
     if out is None:
         out = np.empty(p.shape, dtype=p.dtype)
-    else:
-        inplace = check_grad_out(p, out, None)
-    fused(p, out, NO_ROW_LOSS[p.dtype], inplace=inplace)
+    fused(p, out, NO_ROW_LOSS[p.dtype], inplace=inplace, lse=lse)
     return out
 
 
@@ -442,7 +535,9 @@ cross_entropy_grad.__doc__ = (
     + """    out : ndarray, optional
         Buffer for the gradient (same rules as ``grad_out`` of
         `cross_entropy_with_grad`; it may be the logits array itself).
-
+"""
+    + _LSE_DOC
+    + """
     Returns
     -------
     grad : ndarray of the logits' shape (``out`` if given); for

@@ -81,7 +81,8 @@ def _check_operands(x, w, bias):
 
 def linear_cross_entropy(
     input, linear_weight, target, *, linear_bias=None, weight=None, ignore_index=-100, reduction="mean",
-    label_smoothing=0.0, chunk_size=None, out=None, grad_input_out=None, grad_weight_out=None, grad_bias_out=None
+    label_smoothing=0.0, z_loss=0.0, softcap=None, chunk_size=None, out=None, grad_input_out=None,
+    grad_weight_out=None, grad_bias_out=None, lse_out=None
 ):
     """Cross-entropy of a linear head, with its gradients, a slab of rows at a time.
 
@@ -93,7 +94,7 @@ def linear_cross_entropy(
     target : integer array of shape ``input.shape[:-1]``: class indices in
         [0, V) or ``ignore_index``.
     linear_bias : array_like of shape (V,), optional
-    weight, ignore_index, reduction, label_smoothing
+    weight, ignore_index, reduction, label_smoothing, z_loss, softcap
         As in `fastxent.cross_entropy`.
     chunk_size : int, optional
         Rows per slab of logits. Default: `default_chunk_size` (a slab of
@@ -103,6 +104,8 @@ def linear_cross_entropy(
     grad_input_out, grad_weight_out, grad_bias_out : ndarray, optional
         Buffers for the gradients (C-contiguous, the operands' shapes and
         dtype). They are overwritten, not accumulated into.
+    lse_out : ndarray, optional
+        Each row's log-sum-exp of its (capped) logits, shape ``input.shape[:-1]``.
 
     Returns
     -------
@@ -118,6 +121,7 @@ def linear_cross_entropy(
     x2d = np.ascontiguousarray(x).reshape(-1, n_features)
     n_rows = x2d.shape[0]
     ignore_index, label_smoothing = api.check_options(reduction, ignore_index, label_smoothing)
+    z_loss, softcap = api.check_lm_options(z_loss, softcap)
     class_weight = api.class_weight(weight, n_classes, x.dtype)
     _refuse_probabilities(target)
     labels, mean_denominator = api.checked_labels(np.asarray(target), batch_shape, n_classes, ignore_index,
@@ -140,6 +144,12 @@ def linear_cross_entropy(
     out = api.check_row_loss_buffer(out, reduction, batch_shape, x.dtype,
                                     [("input", x), ("linear_weight", w), ("linear_bias", bias)])
     row_loss = (out if out is not None else np.empty(batch_shape, x.dtype)) if reduction == "none" else None
+    if lse_out is not None:
+        api.check_buffer(lse_out, "lse_out", batch_shape, x.dtype)
+        api.check_no_overlap(lse_out, "lse_out", [("input", x), ("linear_weight", w), ("linear_bias", bias),
+                                                  ("grad_input_out", grad_input), ("grad_weight_out", grad_weight),
+                                                  ("grad_bias_out", grad_bias), ("out", out)])
+    extended = z_loss != 0.0 or softcap != 0.0 or lse_out is not None
 
     denominator = mean_denominator if reduction == "mean" else 1.0
     scale = api.divide(1.0, denominator)
@@ -157,9 +167,15 @@ def linear_cross_entropy(
         if bias is not None:
             logits += bias
         rows = row_loss.reshape(-1)[start:stop] if row_loss is not None else api.NO_ROW_LOSS[x.dtype]
-        total += _threading.run(kernels.xent_labels_fused_inplace, kernels.xent_labels_fused_inplace_serial,
-                                logits.size, logits, labels[start:stop], class_weight, ignore_index, label_smoothing,
-                                scale, rows)
+        if extended:
+            lse = lse_out.reshape(-1)[start:stop] if lse_out is not None else api.NO_ROW_LOSS[x.dtype]
+            total += _threading.run(kernels.xent_labels_fused_inplace_ext, kernels.xent_labels_fused_inplace_ext_serial,
+                                    logits.size, logits, labels[start:stop], class_weight, ignore_index,
+                                    label_smoothing, z_loss, softcap, scale, rows, lse)
+        else:
+            total += _threading.run(kernels.xent_labels_fused_inplace, kernels.xent_labels_fused_inplace_serial,
+                                    logits.size, logits, labels[start:stop], class_weight, ignore_index,
+                                    label_smoothing, scale, rows)
         # `logits` now holds this block's gradient of the loss with respect to its logits.
         np.matmul(logits, w, out=grad_input2d[start:stop])
         _accumulate_weight_grad(grad_weight, logits, xs, first=start == 0)
@@ -190,17 +206,20 @@ def _refuse_probabilities(target):
 class LinearCrossEntropyLoss:
     """`linear_cross_entropy` with a forward/backward interface and owned gradient buffers.
 
-    ``forward(input, linear_weight, target, linear_bias=None)`` returns the
+    ``forward(input, linear_weight, target, linear_bias=None, lse_out=None)`` returns the
     loss and computes the gradients; ``backward()`` returns
     ``(grad_input, grad_linear_weight[, grad_linear_bias])``, buffers the
     object reuses while the shapes stay the same (the next forward
     overwrites them).
     """
 
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, chunk_size=None):
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0,
+                 softcap=None, chunk_size=None):
         api.check_options(reduction, ignore_index, label_smoothing)
+        api.check_lm_options(z_loss, softcap)
         self.weight, self.ignore_index, self.reduction = weight, ignore_index, reduction
         self.label_smoothing, self.chunk_size = label_smoothing, chunk_size
+        self.z_loss, self.softcap = z_loss, softcap
         self._buffers = {}
         self._grads = None
 
@@ -210,12 +229,13 @@ class LinearCrossEntropyLoss:
             buf = self._buffers[name] = np.empty(shape, dtype=dtype)
         return buf
 
-    def forward(self, input, linear_weight, target, linear_bias=None):
+    def forward(self, input, linear_weight, target, linear_bias=None, lse_out=None):
         x, w = np.asarray(input), np.asarray(linear_weight)
         self._grads = None
         result = linear_cross_entropy(
             x, w, target, linear_bias=linear_bias, weight=self.weight, ignore_index=self.ignore_index,
-            reduction=self.reduction, label_smoothing=self.label_smoothing, chunk_size=self.chunk_size,
+            reduction=self.reduction, label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+            chunk_size=self.chunk_size, lse_out=lse_out,
             grad_input_out=self._buffer("input", x.shape, x.dtype) if x.dtype == w.dtype else None,
             grad_weight_out=self._buffer("weight", w.shape, w.dtype) if x.dtype == w.dtype else None,
             grad_bias_out=self._buffer("bias", w.shape[:1], w.dtype) if linear_bias is not None else None,

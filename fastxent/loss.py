@@ -15,8 +15,8 @@ class CrossEntropyLoss:
 
     Parameters
     ----------
-    weight, ignore_index, reduction, label_smoothing
-        As in `fastxent.cross_entropy` (PyTorch's semantics).
+    weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+        As in `fastxent.cross_entropy` (PyTorch's semantics for the first four).
 
     Notes
     -----
@@ -32,13 +32,17 @@ class CrossEntropyLoss:
     >>> dlogits = loss_fn.backward()         # doctest: +SKIP
     """
 
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0,
+                 softcap=None):
         self.weight = weight
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
         # Fail at construction, not at the first step, on bad options.
-        api.prepare(np.zeros((0, 1)), np.zeros(0, dtype=np.int64), None, ignore_index, reduction, label_smoothing)
+        api.prepare(np.zeros((0, 1)), np.zeros(0, dtype=np.int64), None, ignore_index, reduction, label_smoothing,
+                    z_loss, softcap)
         self._grad = None
         self._row_loss = None
         self._has_grad = False
@@ -49,17 +53,25 @@ class CrossEntropyLoss:
             self._row_loss = np.empty(shape[:-1], dtype=dtype)
         return self._grad, self._row_loss
 
-    def forward(self, logits, target):
+    def forward(self, logits, target, lse_out=None):
         """Loss of ``logits`` against ``target``; also computes the gradient.
+
+        ``lse_out``, optional: a buffer for each row's log-sum-exp, as in
+        `fastxent.cross_entropy`.
 
         Returns
         -------
         numpy scalar ("mean", "sum") or the per-row losses ("none").
         """
-        p = api.prepare(logits, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing)
+        p = api.prepare(logits, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
+                        self.z_loss, self.softcap)
+        lse = api.check_lse_out(p, lse_out, [])
         grad, row_loss = self._buffers(p.shape, p.dtype)
+        if lse is not None:
+            api.check_no_overlap(lse_out, "lse_out", [("this loss's gradient buffer", grad),
+                                                       ("this loss's row-loss buffer", row_loss)])
         self._has_grad = False
-        loss = api.fused(p, grad, row_loss.reshape(-1) if p.reduction == "none" else api.NO_ROW_LOSS[p.dtype])
+        loss = api.fused(p, grad, row_loss.reshape(-1) if p.reduction == "none" else api.NO_ROW_LOSS[p.dtype], lse=lse)
         self._has_grad = True
         return loss
 
@@ -80,5 +92,6 @@ class CrossEntropyLoss:
     def __repr__(self):
         return (
             f"CrossEntropyLoss(weight={None if self.weight is None else '...'}, ignore_index={self.ignore_index}, "
-            f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing})"
+            f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
+            f"softcap={self.softcap})"
         )

@@ -44,14 +44,40 @@ def target_matrix(logits, target, weight, ignore_index, label_smoothing):
     return x, q, denominator, ignored
 
 
-def cross_entropy_with_grad(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+def logsumexp(x):
+    """log sum exp over the last axis, shifted by the maximum."""
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=-1)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return m + np.log(np.sum(np.exp(x - m[..., None]), axis=-1))
+
+
+def softcapped(x, softcap):
+    """(u, du/dx) for u = softcap * tanh(x / softcap); (x, 1) without a cap."""
+    x = np.asarray(x, dtype=np.float64)
+    if softcap is None:
+        return x, np.ones_like(x)
+    t = np.tanh(x / softcap)
+    return softcap * t, 1.0 - t * t
+
+
+def cross_entropy_with_grad(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                            z_loss=0.0, softcap=None):
+    """Loss and gradient; with z_loss, ``z_loss * lse(u)**2`` is added to each
+    non-ignored row, and with softcap the logits are first ``u = softcap tanh(x / softcap)``."""
     shape = np.shape(logits)
     x, q, denominator, ignored = target_matrix(logits, target, weight, ignore_index, label_smoothing)
+    x, dudx = softcapped(x, softcap)
     lp = log_softmax(x)
+    lse = logsumexp(x)
     with np.errstate(invalid="ignore", over="ignore"):
         terms = np.where(q != 0, -q * lp, 0.0)
         row = terms.sum(axis=1)
-        grad = q.sum(axis=1, keepdims=True) * np.exp(lp) - q
+        mass = q.sum(axis=1)
+        if z_loss:
+            row = row + np.where(ignored, 0.0, z_loss * lse**2)
+            mass = mass + np.where(ignored, 0.0, 2.0 * z_loss * lse)
+        grad = (mass[:, None] * np.exp(lp) - q) * dudx
     # An ignored row is out of the loss entirely: zero gradient even when its
     # logits are not finite (PyTorch's backward can leak a NaN there).
     grad[ignored] = 0.0

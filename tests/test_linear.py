@@ -1,5 +1,7 @@
 """fastxent.linear against the float64 reference on the full logits."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -31,7 +33,10 @@ def expected(x, w, b, y, **options):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("chunk_size", [1, 5, 16, 37, 1000], ids=lambda c: f"chunk{c}")
 @pytest.mark.parametrize("options", [{}, {"reduction": "sum", "label_smoothing": 0.2}, {"weight": True},
-                                     {"reduction": "none", "ignore_index": 3}], ids=["mean", "sum-smooth", "weight", "none"])
+                                     {"reduction": "none", "ignore_index": 3},
+                                     {"z_loss": 0.05, "softcap": 4.0, "weight": True, "label_smoothing": 0.1},
+                                     {"z_loss": 0.02, "reduction": "none"}],
+                         ids=["mean", "sum-smooth", "weight", "none", "zloss-softcap", "zloss-none"])
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 def test_equals_reference_on_full_logits(rng, dtype, chunk_size, options, bias):
     x, w, b, y = head(rng, dtype)
@@ -63,6 +68,20 @@ def test_batch_axes_buffers_and_reuse(rng):
     want = expected(x, w, b, y, reduction="none")
     for g, e in zip((out, gx, gw, gb), want):
         np.testing.assert_allclose(g, e, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_lse_out(rng, softcap):
+    x, w, b, y = head(rng, np.float64, batch=(4, 9))
+    lse = np.empty((4, 9))
+    linear_cross_entropy(x, w, y, linear_bias=b, softcap=softcap, chunk_size=5, lse_out=lse)
+    logits = x @ w.T + b
+    np.testing.assert_allclose(lse, reference.logsumexp(reference.softcapped(logits, softcap)[0]), rtol=1e-12)
+    with pytest.raises(ValueError, match="lse_out overlaps grad_input_out"):
+        gx = np.empty_like(x)
+        linear_cross_entropy(x, w, y, grad_input_out=gx, lse_out=gx.reshape(-1)[:36].reshape(4, 9))
+    with pytest.raises(ValueError, match="z_loss"):
+        LinearCrossEntropyLoss(z_loss=-1.0)
 
 
 def test_loss_object(rng):
@@ -107,6 +126,27 @@ def test_errors_leave_buffers_untouched(rng):
         linear_cross_entropy(x, w, y, grad_weight_out=gw[:5])
     with pytest.raises(ValueError, match="overlaps"):
         linear_cross_entropy(x, w, y, grad_input_out=x)
+
+
+def test_matches_torch_functional_linear_cross_entropy(rng):
+    """PyTorch's own chunked F.linear_cross_entropy (its options class, where present)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    if not hasattr(F, "linear_cross_entropy"):
+        pytest.skip("this PyTorch has no F.linear_cross_entropy")
+    x, w, b, y = head(rng, np.float64)
+    weight = rng.uniform(0.5, 2.0, w.shape[0])
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    options = getattr(F, "LinearCrossEntropyOptions", None) or getattr(torch.nn, "LinearCrossEntropyOptions", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PyTorch warns when it leaves its chunked path (e.g. for smoothing)
+        loss_t = F.linear_cross_entropy(xt, wt, torch.tensor(y), linear_bias=bt, weight=torch.tensor(weight),
+                                        ignore_index=-100, options=options() if options else None)
+    loss_t.backward()
+    loss, gx, gw, gb = linear_cross_entropy(x, w, y, linear_bias=b, weight=weight, chunk_size=6)
+    np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-12)
+    for g, t in zip((gx, gw, gb), (xt, wt, bt)):
+        np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-10, atol=1e-14)
 
 
 def test_matches_torch_linear_cross_entropy(rng):
