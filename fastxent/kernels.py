@@ -359,10 +359,11 @@ def _row_exps(x, i, m, g, with_grad, inplace):
 
 
 # --------------------------------------------------------------------------
-# Soft-capped logits (Gemma 2): u = cap * tanh(x / cap). The capped row is
-# never held apart from the gradient buffer: its maximum is the cap of the
-# raw maximum (tanh is monotone, and `fast_tanh` is tested to be), so the
-# exps and sums are taken in the same pass that caps each logit.
+# Soft-capped logits (Gemma 2): u = cap * tanh(x / cap). With a gradient,
+# the capped row is written into the gradient buffer and the usual row
+# helpers run on it; loss-only kernels cap each logit as they read it. No
+# flag may reach inside these loops: a branch on a runtime argument there
+# (store or not) kept LLVM from vectorizing them, at 30 ns an element.
 # --------------------------------------------------------------------------
 
 
@@ -379,31 +380,44 @@ def _exp_shifted(x, d):
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
-def _capped_terms(x, i, c, m, cap, weight, u, store, smoothing, acc, shift, k):
-    v = _cap(x[i, c], cap)
-    if store:
-        u[i, c] = v
-    acc[k] += _exp_shifted(x, v - m)
-    if smoothing:
-        w = cast_like(x, 1.0) if weight.shape[0] == 0 else cast_like(x, weight[c])
-        shift[k] += w * (v - m) if w != cast_like(x, 0.0) else cast_like(x, 0.0)  # 0 * log 0 = 0
+def _row_cap_store(x, i, cap, u):
+    """u_c = cap tanh(x_c / cap) for row i; u may be x. The in-place kernels
+    pass x itself: with two names for one array LLVM's runtime overlap check
+    fails and the loop runs unvectorized, 15x slower."""
+    for c in range(x.shape[1]):
+        u[i, c] = _cap(x[i, c], cap)
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
-def _row_capped_sums(x, i, m, cap, weight, u, store, smoothing):
-    """(sum_c exp(u_c - m), sum_c w_c (u_c - m)) for u_c = cap tanh(x_c / cap),
-    in the lanes of "Sums along a row"; u goes into ``u`` (which may be x)
-    when ``store``. The second sum is 0 unless ``smoothing``."""
+def _row_capped_sum_exp(x, i, m, cap):
+    """sum_c exp(u_c - m) for u_c = cap tanh(x_c / cap), without storing u
+    (the loss-only kernels), in the lanes of "Sums along a row"."""
     n = x.shape[1]
     acc = _lanes_zero(x)
-    shift = _lanes_zero(x)
     main = n - n % SUM_LANES
     for c0 in range(0, main, SUM_LANES):
         for k in range(SUM_LANES):
-            _capped_terms(x, i, c0 + k, m, cap, weight, u, store, smoothing, acc, shift, k)
+            acc[k] += _exp_shifted(x, _cap(x[i, c0 + k], cap) - m)
     for c in range(main, n):
-        _capped_terms(x, i, c, m, cap, weight, u, store, smoothing, acc, shift, c - main)
-    return _lanes_total(acc), _lanes_total(shift)
+        acc[c - main] += _exp_shifted(x, _cap(x[i, c], cap) - m)
+    return _lanes_total(acc)
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _row_capped_shift_sum(x, i, m, cap, weight):
+    """sum_c w_c (u_c - m) for u_c = cap tanh(x_c / cap), without storing u."""
+    zero = cast_like(x, 0.0)
+    acc = _lanes_zero(x)
+    n = x.shape[1]
+    main = n - n % SUM_LANES
+    for c0 in range(0, main, SUM_LANES):
+        for k in range(SUM_LANES):
+            w = cast_like(x, 1.0) if weight.shape[0] == 0 else cast_like(x, weight[c0 + k])
+            acc[k] += w * (_cap(x[i, c0 + k], cap) - m) if w != zero else zero  # 0 * log 0 = 0
+    for c in range(main, n):
+        w = cast_like(x, 1.0) if weight.shape[0] == 0 else cast_like(x, weight[c])
+        acc[c - main] += w * (_cap(x[i, c], cap) - m) if w != zero else zero
+    return _lanes_total(acc)
 
 
 @njit(**_config.ROW_ELEMENTWISE)
@@ -420,12 +434,12 @@ def _row_capped_affine(g, i, m, a, b, weight, cap):
 
 
 @njit(**_config.ROW_ELEMENTWISE)
-def _row_lse(x, i, cap, weight):
-    """log sum_c exp(u_c), u = x, or its soft cap when cap != 0 (``weight`` is unused)."""
+def _row_lse(x, i, cap):
+    """log sum_c exp(u_c), u = x, or its soft cap when cap != 0."""
     m = _row_max(x, i)
     if cap != cast_like(x, 0.0):
         m = _cap(m, cap)
-        s, _ = _row_capped_sums(x, i, m, cap, weight, x, False, False)
+        s = _row_capped_sum_exp(x, i, m, cap)
     else:
         s = _row_sum_exp(x, i, m)
     return m + cast_like(x, math.log(s))
@@ -453,7 +467,7 @@ def _labels_row(x, i, y, weight, ignore_index, keep, spread, weight_sum, z_loss,
     with_z = options and z_loss != zero
     if y == ignore_index:
         if give_lse:
-            lse[i] = _row_lse(x, i, cap, weight)
+            lse[i] = _row_lse(x, i, cap)
         if with_grad:
             _row_zero(g, i)
         return zero
@@ -464,14 +478,27 @@ def _labels_row(x, i, y, weight, ignore_index, keep, spread, weight_sum, z_loss,
         if with_grad:
             _row_fill(g, i, nan)
         return nan
-    m = _row_max(x, i)
     # Read everything that needs the raw logits before g (maybe x) is written.
     shift_sum = zero
-    if capped:
-        m = _cap(m, cap)
+    if capped and with_grad:
+        # The capped row goes into g first; everything else reads it there.
+        # (``x if inplace else g``: LLVM must see that g is x, as in `_row_exps`.)
         x_y = _cap(x[i, y], cap)
-        s, shift_sum = _row_capped_sums(x, i, m, cap, weight, g, with_grad, spread != zero)
+        _row_cap_store(x, i, cap, x if inplace else g)
+        m = _row_max(x if inplace else g, i)
+        if spread != zero:
+            shift_sum = _row_weighted_shift_sum(x if inplace else g, i, m, weight)
+        s = _row_sum_exp(x if inplace else g, i, m)
+    elif capped:
+        # Loss only, nothing to store into: the max of the capped row is the
+        # cap of the row's max (tanh is monotone).
+        m = _cap(_row_max(x, i), cap)
+        x_y = _cap(x[i, y], cap)
+        if spread != zero:
+            shift_sum = _row_capped_shift_sum(x, i, m, cap, weight)
+        s = _row_capped_sum_exp(x, i, m, cap)
     else:
+        m = _row_max(x, i)
         x_y = x[i, y]
         if spread != zero:
             shift_sum = _row_weighted_shift_sum(x, i, m, weight)
@@ -493,7 +520,7 @@ def _labels_row(x, i, y, weight, ignore_index, keep, spread, weight_sum, z_loss,
         if with_z:
             row_mass += (z_loss + z_loss) * row_lse
         if capped:
-            _row_capped_affine(g, i, m, scale * row_mass / s, scale * spread, weight, cap)
+            _row_capped_affine(x if inplace else g, i, m, scale * row_mass / s, scale * spread, weight, cap)
             t_y = x_y / cap
             g[i, y] -= scale * target_mass * (cast_like(x, 1.0) - t_y * t_y)
         else:
