@@ -354,3 +354,51 @@ class ClassSweep:
 
         t = interleaved_medians({"fx": self._fused, "sk": sklearn_step}, rounds=7)
         return t["sk"] / t["fx"]
+
+
+class LinearHead:
+    """A language-model head, `linear_cross_entropy` against the unchunked
+    NumPy-matmul + fastxent path at the shape of its target (float32,
+    N = 2048, D = 512, V = 32000: logits of 250 MiB, about a second a call)."""
+
+    timeout = 600
+    N, D, V = 2048, 512, 32000
+
+    def setup(self):
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((self.N, self.D), dtype=np.float32)
+        self.w = rng.standard_normal((self.V, self.D), dtype=np.float32) * np.float32(0.05)
+        self.y = rng.integers(0, self.V, self.N)
+        self.grad_x, self.grad_w = np.empty_like(self.x), np.empty_like(self.w)
+        for _ in range(2):  # compilation, scratch slabs, the dispatch's first choice per slab shape
+            self._chunked()
+            self._unchunked()
+
+    def _chunked(self, **options):
+        fx.linear_cross_entropy(self.x, self.w, self.y, grad_input_out=self.grad_x, grad_weight_out=self.grad_w,
+                                **options)
+
+    def _unchunked(self):
+        logits = self.x @ self.w.T
+        fx.cross_entropy_with_grad(logits, self.y, grad_out=logits)
+        np.matmul(logits, self.w, out=self.grad_x)
+        np.matmul(logits.T, self.x, out=self.grad_w)
+
+    def time_linear_cross_entropy(self):
+        self._chunked()
+
+    def time_linear_cross_entropy_z_loss_softcap(self):
+        self._chunked(z_loss=1e-4, softcap=30.0)
+
+    def peakmem_linear_cross_entropy(self):
+        self._chunked()
+
+    def peakmem_unchunked(self):
+        self._unchunked()
+
+    def track_chunked_over_unchunked(self):
+        """Time of the chunked head over the unchunked path (target: at most 1.15)."""
+        t = interleaved_medians({"chunked": self._chunked, "unchunked": self._unchunked}, rounds=5)
+        return t["chunked"] / t["unchunked"]
+
+    track_chunked_over_unchunked.unit = "ratio"
