@@ -52,6 +52,16 @@ ADAPTIVE_DISPATCH = os.environ.get("FASTXENT_ADAPTIVE", "1") != "0"
 PROBE_MIN_SECONDS = 0.05
 PROBE_MAX_SECONDS = 1.0
 
+# Problems of at least ADAPTIVE_MAX_ELEMENTS elements always run in
+# parallel, untimed: the dispatch's serial runs (learning a new shape, then
+# a probe a second) each cost a whole call at serial speed, which at
+# 537M elements (53.7M x 10) made the average call 1.9x slower, and at this
+# size parallel does not lose under load. Measured (2 cores, float32
+# labels, two busy processes beside it, parallel / serial time): 2^22
+# elements 0.65 (C = 10) and 2.46 (C = 32000); 2^24: 0.50 and 0.66;
+# 2^26: 0.67 and 1.10.
+ADAPTIVE_MAX_ELEMENTS = int(os.environ.get("FASTXENT_ADAPTIVE_MAX_ELEMENTS", 2**25))
+
 # Class-index kernels lay rows of at most TILE_MAX_CLASSES classes out
 # class-major, TILE_ROWS rows at a time (one vector lane per row), instead
 # of looping along each short row. TILE_ROWS is a multiple of every vector

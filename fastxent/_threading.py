@@ -18,7 +18,9 @@ Three hazards decide this:
   against 0.7 ms serially with two busy processes on 2 cores). `Dispatch`
   times both ways per problem shape and uses the faster one; it tries the
   other way again after an interval that doubles while the choice stands,
-  so a stretch of load costs one slow call per interval at most.
+  so a stretch of load costs one slow call per interval at most. Problems
+  of ``ADAPTIVE_MAX_ELEMENTS`` or more are not timed: there a serial run
+  costs a whole long call, and parallel does not lose under load.
 """
 
 import os
@@ -159,7 +161,7 @@ def run(parallel_kernel, serial_kernel, n_elements, *args):
         and numba.get_num_threads() > 1
         and _layer_usable_here()
     ):
-        if _config.ADAPTIVE_DISPATCH:
+        if _config.ADAPTIVE_DISPATCH and n_elements < _config.ADAPTIVE_MAX_ELEMENTS:
             return DISPATCH.run(parallel_kernel, serial_kernel, n_elements, args)
         lock = _lock
         if lock.acquire(blocking=False):

@@ -84,3 +84,23 @@ def test_shapes_are_judged_apart(machine):
     machine.cost["parallel"] = 1e-4
     calls = run_calls(machine, 20, large)  # a new bucket starts with parallel
     assert calls[0] == "parallel" and calls[-10:].count("parallel") == 10
+
+
+def test_huge_problems_always_run_parallel_untimed(monkeypatch):
+    """Learning and probing would run whole huge calls serially: above the limit nothing is timed."""
+    from fastxent import _threading
+
+    calls = []
+    monkeypatch.setattr(_threading.numba, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(_config, "ADAPTIVE_MAX_ELEMENTS", 10_000)
+    monkeypatch.setattr(_threading, "DISPATCH", Dispatch())
+    parallel = lambda x: calls.append("parallel")  # noqa: E731
+    serial = lambda x: calls.append("serial")  # noqa: E731
+    huge, small = np.zeros((1000, 10)), np.zeros((1000, 9))
+    for _ in range(50):
+        _threading.run(parallel, serial, huge.size, huge)
+    assert calls == ["parallel"] * 50
+    calls.clear()
+    for _ in range(50):
+        _threading.run(parallel, serial, small.size, small)
+    assert "serial" in calls, "below the limit the dispatch still times both ways"
