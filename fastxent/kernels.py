@@ -41,6 +41,10 @@ Conventions shared by all kernels
   use them for small problems (a parallel launch costs microseconds) or
   from inside your own parallel loops.
 - ``*_inplace`` functions write the gradient over the logits.
+- ``xent_labels_*_ext`` kernels take three more arguments, ``z_loss`` and
+  ``softcap`` after ``label_smoothing`` and an ``lse`` buffer last (empty
+  for none): the z-loss, soft cap and log-sum-exp of language-model
+  training. They take the row path at every class count.
 - Every kernel checks, in O(1) before it writes anything, that the lengths
   of its arrays agree (rows, classes, labels, weight of length C or 0,
   output buffers) and raises ``ValueError`` naming the argument if not.
