@@ -70,6 +70,19 @@ def test_batch_axes_buffers_and_reuse(rng):
         np.testing.assert_allclose(g, e, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("options", [{}, {"z_loss": 0.01, "softcap": 5.0, "label_smoothing": 0.1}], ids=["plain", "llm"])
+def test_float64_equals_the_unfused_path_to_1e12(rng, options):
+    """The target of the design: matmul, then cross_entropy_with_grad on the full logits."""
+    from fastxent import cross_entropy_with_grad
+
+    x, w, b, y = head(rng, np.float64, n_rows=300, n_features=40, n_classes=700)
+    loss, gx, gw, gb = linear_cross_entropy(x, w, y, linear_bias=b, chunk_size=64, **options)
+    want_loss, dlogits = cross_entropy_with_grad(x @ w.T + b, y, **options)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+    for got, want in ((gx, dlogits @ w), (gw, dlogits.T @ x), (gb, dlogits.sum(axis=0))):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("softcap", [None, 3.0])
 def test_lse_out(rng, softcap):
     x, w, b, y = head(rng, np.float64, batch=(4, 9))
