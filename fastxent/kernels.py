@@ -1091,20 +1091,90 @@ def _logsumexp_row(x, i):
     return m + cast_like(x, math.log(_row_sum_exp(x, i, m)))
 
 
+@njit(**_config.ROW_ELEMENTWISE)
+def _softmax_tiles(x, out, blk0, blk1, log):
+    """Tiles blk0..blk1 of TILE_ROWS rows, class-major as in `_labels_tiles`:
+    out = log_softmax(x) when ``log``, else softmax(x); out may be x. The
+    row helpers' formulas, with the polynomial log of `log_sum`."""
+    n, n_classes = x.shape
+    B = TILE_ROWS
+    T = stack_empty(x, TILE_ELEMENTS)
+    m = stack_empty(x, B)  # row max
+    s = stack_empty(x, B)  # sum of exps, then its log (log) or inverse
+    zero = cast_like(x, 0.0)
+    for blk in range(blk0, blk1):
+        r0 = blk * B
+        nb = min(B, n - r0)
+        for b in range(nb):
+            for c in range(n_classes):
+                T[c * B + b] = x[r0 + b, c]
+        for b in range(nb, B):
+            for c in range(n_classes):
+                T[c * B + b] = zero
+        for b in range(B):
+            m[b] = T[b]
+            s[b] = zero
+        for c in range(1, n_classes):
+            for b in range(B):
+                m[b] = maxnum(m[b], T[c * B + b])
+        if log:
+            for c in range(n_classes):
+                for b in range(B):
+                    s[b] += exp_nonpositive(T[c * B + b] - m[b])
+            for b in range(B):
+                s[b] = log_sum(s[b])
+            for c in range(n_classes):
+                for b in range(B):
+                    T[c * B + b] = (T[c * B + b] - m[b]) - s[b]
+        else:
+            for c in range(n_classes):
+                for b in range(B):
+                    e = exp_nonpositive(T[c * B + b] - m[b])
+                    T[c * B + b] = e
+                    s[b] += e
+            for b in range(B):
+                s[b] = cast_like(x, 1.0) / s[b]
+            for c in range(n_classes):
+                for b in range(B):
+                    T[c * B + b] *= s[b]
+        for b in range(nb):
+            for c in range(n_classes):
+                out[r0 + b, c] = T[c * B + b]
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _softmax_group(x, out, grp, tiled, per_group, log):
+    """Group ``grp`` of `_groups` for `log_softmax_rows` / `softmax_rows`, by tiles or by rows."""
+    start = grp * per_group
+    if tiled:
+        n_tiles = (x.shape[0] + TILE_ROWS - 1) // TILE_ROWS
+        _softmax_tiles(x, out, start, min(n_tiles, start + per_group), log)
+        return
+    for i in range(start, min(x.shape[0], start + per_group)):
+        if log:
+            _log_softmax_row(x, i, out)
+        else:
+            _softmax_row(x, i, out)
+
+
 def log_softmax_rows(x, out):
-    """out[i] = log_softmax(x[i]) for a 2-D C-contiguous x; out may be x."""
+    """out[i] = log_softmax(x[i]) for a 2-D C-contiguous x; out may be x.
+    Rows of at most TILE_MAX_CLASSES classes go by class-major tiles."""
     _check_logits_and_weight(x, x[0:0, 0])
     _check_out(x, out)
-    for i in prange(x.shape[0]):
-        _log_softmax_row(x, np.int64(i), out)
+    tiled, n_groups, per_group = _groups(x, out.flags.c_contiguous)
+    for grp in prange(n_groups):
+        _softmax_group(x, out, np.int64(grp), tiled, per_group, True)
 
 
 def softmax_rows(x, out):
-    """out[i] = softmax(x[i]) for a 2-D C-contiguous x; out may be x."""
+    """out[i] = softmax(x[i]) for a 2-D C-contiguous x; out may be x.
+    Rows of at most TILE_MAX_CLASSES classes go by class-major tiles."""
     _check_logits_and_weight(x, x[0:0, 0])
     _check_out(x, out)
-    for i in prange(x.shape[0]):
-        _softmax_row(x, np.int64(i), out)
+    tiled, n_groups, per_group = _groups(x, out.flags.c_contiguous)
+    for grp in prange(n_groups):
+        _softmax_group(x, out, np.int64(grp), tiled, per_group, False)
 
 
 def logsumexp_rows(x, out):

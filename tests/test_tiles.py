@@ -96,3 +96,42 @@ def test_total_without_per_row_losses(rng, dtype):
     assert total == total2
     np.testing.assert_array_equal(grad, grad2)
     np.testing.assert_allclose(total, rows.astype(np.float64).sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_softmax_primitives_on_both_paths(rng, dtype, shape):
+    """log_softmax and softmax take the same tile/row split, at the same edges."""
+    import scipy.special as sp
+
+    x = (rng.standard_normal(shape) * 10).astype(dtype)
+    rtol, atol = tolerances(dtype)
+    for func, want in ((fx.log_softmax, sp.log_softmax), (fx.softmax, sp.softmax)):
+        expected = want(x.astype(np.float64), axis=-1)
+        got = func(x)
+        np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
+        inplace = x.copy()
+        assert func(inplace, out=inplace) is inplace
+        np.testing.assert_array_equal(inplace, got)  # out may be x: the same bits
+        name = "log_softmax_rows" if func is fx.log_softmax else "softmax_rows"
+        serial = np.empty_like(x)
+        getattr(kernels, name + "_serial")(x, serial)
+        np.testing.assert_array_equal(serial, got)  # the twins agree bit for bit
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_primitives_non_finite_rows_inside_a_tile(rng, dtype):
+    n, c = 2 * B + 5, 7
+    x = rng.standard_normal((n, c)).astype(dtype)
+    x[3, 2] = np.nan  # NaN row
+    x[B + 1, :] = -np.inf  # no finite max: NaN, as on the row path
+    x[B + 2, 0] = -np.inf  # a masked class: probability 0
+    x[2 * B + 1, 4] = np.inf  # +inf: NaN, as on the row path
+    for func in (fx.log_softmax, fx.softmax):
+        got = func(x)
+        for bad in (3, B + 1, 2 * B + 1):
+            assert np.isnan(got[bad]).all()
+    assert fx.softmax(x)[B + 2, 0] == 0.0 and fx.log_softmax(x)[B + 2, 0] == -np.inf
+    good = np.ones(n, bool)
+    good[[3, B + 1, 2 * B + 1]] = False
+    np.testing.assert_allclose(fx.softmax(x)[good].sum(axis=1), 1.0, rtol=1e-6)
