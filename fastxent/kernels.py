@@ -611,6 +611,28 @@ def _labels_rows(x, labels, start, stop, weight, ignore_index, keep, spread, wsu
     return total
 
 
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _tile_load(x, r0, nb, T):
+    """T[c * TILE_ROWS + b] = x[r0 + b, c] for the nb rows of a tile; padding lanes get 0."""
+    B = TILE_ROWS
+    zero = cast_like(x, 0.0)
+    for b in range(nb):
+        for c in range(x.shape[1]):
+            T[c * B + b] = x[r0 + b, c]
+    for b in range(nb, B):
+        for c in range(x.shape[1]):
+            T[c * B + b] = zero
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _tile_store(T, out, r0, nb):
+    """out[r0 + b, c] = T[c * TILE_ROWS + b] for the nb real rows of a tile."""
+    B = TILE_ROWS
+    for b in range(nb):
+        for c in range(out.shape[1]):
+            out[r0 + b, c] = T[c * B + b]
+
+
 @njit(**_config.ROW_ELEMENTWISE)
 def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsum, scale, g, row_loss, with_grad, inplace):
     """Tiles blk0..blk1 of TILE_ROWS rows, class-major; returns their summed loss.
@@ -645,12 +667,7 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
     for blk in range(blk0, blk1):
         r0 = blk * B
         nb = min(B, n - r0)
-        for b in range(nb):
-            for c in range(n_classes):
-                T[c * B + b] = x[r0 + b, c]
-        for b in range(nb, B):
-            for c in range(n_classes):
-                T[c * B + b] = zero
+        _tile_load(x, r0, nb, T)
         for b in range(B):
             label = labels[min(r0 + b, n - 1)]
             ignored = b >= nb or label == ignore_index
@@ -707,9 +724,7 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
                     v = v - scale * mass[b] if y[b] == c else v
                     v = zero if state[b] == 1 else v
                     T[c * B + b] = nan if state[b] == 2 else v
-            for b in range(nb):
-                for c in range(n_classes):
-                    g[r0 + b, c] = T[c * B + b]
+            _tile_store(T, g, r0, nb)
     return _lanes_total(acc)
 
 
@@ -1105,12 +1120,7 @@ def _softmax_tiles(x, out, blk0, blk1, log):
     for blk in range(blk0, blk1):
         r0 = blk * B
         nb = min(B, n - r0)
-        for b in range(nb):
-            for c in range(n_classes):
-                T[c * B + b] = x[r0 + b, c]
-        for b in range(nb, B):
-            for c in range(n_classes):
-                T[c * B + b] = zero
+        _tile_load(x, r0, nb, T)
         for b in range(B):
             m[b] = T[b]
             s[b] = zero
@@ -1137,9 +1147,7 @@ def _softmax_tiles(x, out, blk0, blk1, log):
             for c in range(n_classes):
                 for b in range(B):
                     T[c * B + b] *= s[b]
-        for b in range(nb):
-            for c in range(n_classes):
-                out[r0 + b, c] = T[c * B + b]
+        _tile_store(T, out, r0, nb)
 
 
 @njit(**_config.ROW_ELEMENTWISE)
