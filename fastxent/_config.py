@@ -68,6 +68,17 @@ ADAPTIVE_MAX_ELEMENTS = int(os.environ.get("FASTXENT_ADAPTIVE_MAX_ELEMENTS", 2**
 # width. The crossover is measured (see README, Performance).
 TILE_ROWS = 64
 TILE_MAX_CLASSES = 32
+# A full tile of at most SHUFFLE_MAX_CLASSES[itemsize] classes is moved in
+# and out by vector shuffles (`_shuffle`), not element loops. Measured
+# against the loops in the fused call, the loss and softmax (two threads,
+# 8M elements, ratios of interleaved medians): float32 takes 0.45 to 0.9
+# of the loops' time at C = 2 to 12, 0.8 to 0.98 at 13 to 15 and 1.1 to
+# 1.3 at 16; float64 (8 rows to a vector) takes 0.56 to 0.91 at 2 to 6,
+# 0.9 to 1.1 at 7 and 8, and 1.1 to 1.7 from 10. Every C taken costs
+# compile time in every tile kernel (cold compile of the tile tests: 84 s
+# without shuffles, 110 s with C up to 15 and 8), so the limits stop where
+# the gain is clear.
+SHUFFLE_MAX_CLASSES = {4: 12, 8: 6}
 
 # Lanes of every sum along a row (kernels.py, "Sums along a row"): the
 # order of the additions is fixed by the code, not by the compiler. 64

@@ -69,6 +69,7 @@ from numba.extending import overload
 
 from . import _config
 from ._fastmath import cast_like, exp_nonpositive, fast_tanh, log_sum, maxnum, stack_empty
+from ._shuffle import rows_to_tile, tile_to_rows
 
 #: Pass as ``weight`` for unweighted classes (float64; its dtype is unused).
 NO_WEIGHT = np.empty(0, dtype=np.float64)
@@ -613,8 +614,11 @@ def _labels_rows(x, labels, start, stop, weight, ignore_index, keep, spread, wsu
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _tile_load(x, r0, nb, T):
-    """T[c * TILE_ROWS + b] = x[r0 + b, c] for the nb rows of a tile; padding lanes get 0."""
+    """T[c * TILE_ROWS + b] = x[r0 + b, c] for the nb rows of a tile; padding lanes get 0.
+    A full tile of few classes is moved by vector shuffles (`_shuffle`)."""
     B = TILE_ROWS
+    if nb == B and rows_to_tile(x, r0, T, TILE_ROWS):
+        return
     zero = cast_like(x, 0.0)
     for b in range(nb):
         for c in range(x.shape[1]):
@@ -628,6 +632,8 @@ def _tile_load(x, r0, nb, T):
 def _tile_store(T, out, r0, nb):
     """out[r0 + b, c] = T[c * TILE_ROWS + b] for the nb real rows of a tile."""
     B = TILE_ROWS
+    if nb == B and tile_to_rows(out, r0, T, TILE_ROWS):
+        return
     for b in range(nb):
         for c in range(out.shape[1]):
             out[r0 + b, c] = T[c * B + b]
