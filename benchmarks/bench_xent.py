@@ -312,15 +312,21 @@ class ClassSweep:
         self.labels = rng.integers(0, classes, n)
         self.grad = np.empty_like(self.logits)
         self.scratch = self.logits.copy()
+        self.probs = np.abs(self.logits) / np.abs(self.logits).sum(axis=1, keepdims=True)
         self._fused()
         self._inplace()
+        self._probs()
         fx.cross_entropy(self.logits, self.labels)
+        fx.log_softmax(self.logits, out=self.grad)
 
     def _fused(self):
         fx.cross_entropy_with_grad(self.logits, self.labels, grad_out=self.grad)
 
     def _inplace(self):
         fx.cross_entropy_with_grad(self.scratch, self.labels, grad_out=self.scratch)
+
+    def _probs(self):
+        fx.cross_entropy_with_grad(self.logits, self.probs, grad_out=self.grad)
 
     def _over_copy(self, func):
         t = interleaved_medians({"f": func, "copy": lambda: np.copyto(self.grad, self.logits)}, rounds=7)
@@ -334,6 +340,13 @@ class ClassSweep:
 
     def track_loss_only_over_copy(self, dtype, classes):
         return self._over_copy(lambda: fx.cross_entropy(self.logits, self.labels))
+
+    def track_probs_over_copy(self, dtype, classes):
+        """Probability targets, fused (they read a second array of the logits' size)."""
+        return self._over_copy(self._probs)
+
+    def track_log_softmax_over_copy(self, dtype, classes):
+        return self._over_copy(lambda: fx.log_softmax(self.logits, out=self.grad))
 
     def track_sklearn_over_fused(self, dtype, classes):
         """scikit-learn HalfMultinomialLoss.loss_gradient time over fastxent's fused time."""

@@ -172,7 +172,7 @@ def _denominator_typed(x, labels, weight, ignore_index):
     def impl(x, labels, weight, ignore_index):
         if labels.shape[0] != x.shape[0]:
             raise ValueError("labels must have one entry per row of the logits")
-        bad, total = kernels.check_labels(labels, weight, x.shape[1], ignore_index)
+        bad, total = kernels.check_labels_serial(labels, weight, x.shape[1], ignore_index)
         if bad >= 0:
             raise ValueError("a label is outside [0, C) and is not ignore_index")
         return total

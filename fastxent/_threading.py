@@ -98,7 +98,7 @@ class Dispatch:
 
     def stats(self, parallel_kernel, shape):
         """The `_ShapeStats` of a problem shape's bucket (created when new)."""
-        key = (parallel_kernel, shape[0].bit_length(), shape[1].bit_length())
+        key = (parallel_kernel, shape[0].bit_length(), shape[-1].bit_length())
         stats = self._stats.get(key)
         if stats is None:
             stats = self._stats[key] = _ShapeStats()
@@ -150,13 +150,15 @@ DISPATCH = Dispatch()
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def run(parallel_kernel, serial_kernel, n_elements, *args):
+def run(parallel_kernel, serial_kernel, n_elements, *args, min_elements=None):
     """Call the parallel kernel when it pays off and is safe, else its twin.
 
-    ``args[0]`` is the 2-D array whose rows the kernel splits between threads.
+    ``args[0]`` is the array whose rows (first axis) the kernel splits
+    between threads. Below ``min_elements`` (default
+    ``PARALLEL_MIN_ELEMENTS``) the serial twin runs.
     """
     if (
-        n_elements >= _config.PARALLEL_MIN_ELEMENTS
+        n_elements >= (_config.PARALLEL_MIN_ELEMENTS if min_elements is None else min_elements)
         and args[0].shape[0] > 1
         and numba.get_num_threads() > 1
         and _layer_usable_here()

@@ -14,7 +14,7 @@ try:
 except ImportError:  # NumPy < 2.0
     from numpy.core.multiarray import normalize_axis_index
 
-from . import _threading, kernels
+from . import _config, _threading, kernels
 
 __all__ = [
     "cross_entropy",
@@ -108,11 +108,17 @@ def labels_array(target, batch_shape, n_classes, ignore_index):
     return target.astype(np.int64)
 
 
+def check_labels(labels, weight, n_classes, ignore_index):
+    """`kernels.check_labels` on flat C-contiguous labels, in parallel when that pays off."""
+    return _threading.run(kernels.check_labels, kernels.check_labels_serial, labels.size, labels, weight, n_classes,
+                          ignore_index, min_elements=_config.LABELS_PARALLEL_MIN)
+
+
 def checked_labels(target, batch_shape, n_classes, ignore_index, weight):
     """Integer class indices validated in one pass: (flat C-contiguous
     labels, "mean" denominator), or ValueError naming the first bad label."""
     labels = np.ascontiguousarray(labels_array(target, batch_shape, n_classes, ignore_index)).reshape(-1)
-    bad, mean_denominator = kernels.check_labels(labels, weight, n_classes, ignore_index)
+    bad, mean_denominator = check_labels(labels, weight, n_classes, ignore_index)
     if bad >= 0:
         raise invalid_label(labels[bad], bad, batch_shape, n_classes, ignore_index)
     return labels, mean_denominator

@@ -337,7 +337,7 @@ def _vocab_parallel(comm, logits_shard, target, vocab_start, weight_shard, ignor
     n_classes = _check_partition(global1[1:1 + size], global1[1 + size:head1])
     if not np.array_equal(global1[head1 + n:head1 + 2 * n], -global1[head1 + 2 * n:]):
         raise ValueError("the ranks passed different targets: every rank must pass the same (global) class indices")
-    bad, _ = kernels.check_labels(s.labels, kernels.NO_WEIGHT, n_classes, s.ignore_index)
+    bad, _ = api.check_labels(s.labels, kernels.NO_WEIGHT, n_classes, s.ignore_index)
     if bad >= 0:  # the same labels on every rank: every rank raises here
         raise api.invalid_label(s.labels[bad], bad, s.batch_shape, n_classes, s.ignore_index)
     global_max = global1[head1:head1 + n]

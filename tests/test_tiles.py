@@ -135,3 +135,67 @@ def test_softmax_primitives_non_finite_rows_inside_a_tile(rng, dtype):
     good = np.ones(n, bool)
     good[[3, B + 1, 2 * B + 1]] = False
     np.testing.assert_allclose(fx.softmax(x)[good].sum(axis=1), 1.0, rtol=1e-6)
+
+
+def make_probs(rng, shape, dtype, opts):
+    n, c = shape
+    logits = (rng.standard_normal(shape) * 3).astype(dtype)
+    target = rng.random(shape)
+    target[rng.random(shape) < 0.2] = 0.0  # zero-probability classes
+    target = (target / np.maximum(target.sum(axis=1, keepdims=True), 1e-300)).astype(dtype)
+    opts = {k: v for k, v in opts.items() if k != "ignore_index"}
+    if opts.get("weight") == "random":
+        opts = dict(opts, weight=(rng.random(c) + 0.5).astype(dtype))
+    return logits, target, opts
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_probability_targets_on_both_paths(rng, dtype, shape, opts):
+    """Probability targets take the same tile/row split. Label smoothing gives
+    the padding lanes of a partial tile a target mass: their loss must not count."""
+    logits, target, opts = make_probs(rng, shape, dtype, opts)
+    rtol, atol = tolerances(dtype)
+    want_loss, want_grad = ref.cross_entropy_with_grad(logits, target, **opts)
+    loss, grad = fx.cross_entropy_with_grad(logits, target, **opts)
+    np.testing.assert_allclose(loss, want_loss, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(grad, want_grad, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(fx.cross_entropy(logits, target, **opts), want_loss, rtol=rtol, atol=atol)
+    x = logits.copy()
+    loss_inplace, _ = fx.cross_entropy_with_grad(x, target, grad_out=x, **opts)
+    np.testing.assert_array_equal(loss_inplace, loss)
+    np.testing.assert_array_equal(x, grad)  # in place: the same bits
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_probability_targets_non_finite_rows_inside_a_tile(rng, dtype):
+    n, c = 2 * B + 5, 7
+    logits, target, _ = make_probs(rng, (n, c), dtype, {})
+    logits[3, 2] = np.nan  # a NaN row in the first tile
+    logits[B + 1, :] = -np.inf  # no finite max
+    logits[B + 2, 0] = -np.inf  # a masked class with zero target: costs nothing
+    target[B + 2, 0] = 0.0
+    target[B + 4] = 0.0  # a row with no target mass: loss 0
+    for k, args in enumerate([(np.empty_like(logits),), ()]):
+        rows = np.empty(n, dtype)
+        weight = logits[0, :0]
+        if args:
+            kernels.xent_probs_fused(logits, target, weight, 0.0, 1.0, args[0], rows)
+            serial = np.empty_like(logits)
+            serial_rows = np.empty(n, dtype)
+            kernels.xent_probs_fused_serial(logits, target, weight, 0.0, 1.0, serial, serial_rows)
+            np.testing.assert_array_equal(serial, args[0])  # the twins agree bit for bit
+            np.testing.assert_array_equal(serial_rows, rows)
+        else:
+            kernels.xent_probs_loss(logits, target, weight, 0.0, rows)
+        good = np.ones(n, bool)
+        good[[3, B + 1]] = False
+        want_rows, want_grad = ref.cross_entropy_with_grad(logits[good], target[good], reduction="none")
+        rtol, atol = tolerances(dtype)
+        np.testing.assert_allclose(rows[good], want_rows, rtol=rtol, atol=atol)
+        assert np.isnan(rows[3]) and np.isnan(rows[B + 1])
+        assert rows[B + 4] == 0
+        if args:
+            np.testing.assert_allclose(args[0][good], want_grad, rtol=rtol, atol=atol)
+            assert np.isnan(args[0][3]).all()

@@ -1,0 +1,89 @@
+"""The row path in whole vectors: rows of C > TILE_MAX_CLASSES go through
+groups of SUM_LANES classes and one overlapping last group (kernels.py,
+"Whole vectors along a row"). These cases put C on both sides of every
+multiple of SUM_LANES they touch and non-finite values in the overlap."""
+
+import numpy as np
+import pytest
+
+import fastxent as fx
+from fastxent import _config, kernels
+import reference as ref
+from conftest import tolerances
+
+L = _config.SUM_LANES
+CLASSES = [_config.TILE_MAX_CLASSES + 1, L - 1, L, L + 1, 2 * L + 36, 1000]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", CLASSES)
+def test_rows_match_reference(rng, dtype, n_classes):
+    n = 37
+    x = (rng.standard_normal((n, n_classes)) * 4).astype(dtype)
+    labels = rng.integers(0, n_classes, n)
+    labels[::5] = -100
+    probs = rng.random((n, n_classes)).astype(dtype)
+    probs /= probs.sum(axis=1, keepdims=True)
+    weight = (rng.random(n_classes) + 0.5).astype(dtype)
+    rtol, atol = tolerances(dtype)
+    for target in (labels, probs):
+        for opts in ({}, dict(weight=weight, label_smoothing=0.15)):
+            want_loss, want_grad = ref.cross_entropy_with_grad(x, target, **opts)
+            loss, grad = fx.cross_entropy_with_grad(x, target, **opts)
+            np.testing.assert_allclose(loss, want_loss, rtol=rtol, atol=atol)
+            np.testing.assert_allclose(grad, want_grad, rtol=rtol, atol=atol)
+            np.testing.assert_allclose(fx.cross_entropy(x, target, **opts), want_loss, rtol=rtol, atol=atol)
+            inplace = x.copy()
+            assert fx.cross_entropy_with_grad(inplace, target, grad_out=inplace, **opts)[0] == loss
+            np.testing.assert_array_equal(inplace, grad)  # the overlap never reads a gradient as a logit
+    np.testing.assert_allclose(fx.log_softmax(x), ref.log_softmax(x), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(fx.logsumexp(x), ref.logsumexp(x), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_values_in_the_overlapping_group(rng, dtype):
+    c = L + 7  # the last group covers classes 7 .. L + 6, of which L .. L + 6 are new
+    x = rng.standard_normal((6, c)).astype(dtype)
+    labels = np.array([0, 1, 2, 3, c - 1, 5])
+    x[0, c - 1] = np.nan  # a NaN among the new classes of the last group
+    x[1, 8] = np.nan  # a NaN in the overlap (counted once, in a whole group)
+    x[2, c - 2] = -np.inf  # a masked class in the tail: probability 0
+    x[3, 9] = -np.inf  # a masked class in the overlap
+    x[4, c - 1] = 60.0  # the max in the tail
+    grad = np.empty_like(x)
+    rows = np.empty(6, dtype)
+    kernels.xent_labels_fused(x, labels, x[0, :0], -100, 0.0, 1.0, grad, rows)
+    assert np.isnan(rows[:2]).all() and np.isnan(grad[:2]).all()
+    rtol, atol = tolerances(dtype)
+    want_rows, want_grad = ref.cross_entropy_with_grad(x[2:], labels[2:], reduction="none")
+    np.testing.assert_allclose(rows[2:], want_rows, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(grad[2:], want_grad, rtol=rtol, atol=atol)
+    assert grad[2, c - 2] == 0.0 and grad[3, 9] == 0.0
+    serial = np.empty_like(x)
+    kernels.xent_labels_fused_serial(x, labels, x[0, :0], -100, 0.0, 1.0, serial, rows[:0])
+    np.testing.assert_array_equal(serial, grad)
+
+
+@pytest.mark.parametrize("n", [0, 1, _config.LABEL_GROUP_MIN - 1, _config.LABEL_GROUP_MIN + 1, 300_007])
+def test_check_labels_in_groups(rng, n):
+    """Counts and weighted sums over groups of labels, the first invalid label
+    wherever it falls, the parallel kernel and its twin alike."""
+    labels = rng.integers(0, 7, n)
+    labels[rng.random(n) < 0.1] = -100
+    weight = rng.random(7) + 0.5
+    kept = labels != -100
+    for parallel in (kernels.check_labels, kernels.check_labels_serial):
+        assert parallel(labels, kernels.NO_WEIGHT, 7, -100) == (-1, float(kept.sum()))
+        bad, total = parallel(labels, weight, 7, -100)
+        assert bad == -1
+        np.testing.assert_allclose(total, weight[labels[kept]].sum(), rtol=1e-13)
+    assert kernels.check_labels(labels, weight, 7, -100) == kernels.check_labels_serial(labels, weight, 7, -100)
+    if n < 2:
+        return
+    for first in sorted({n - 1, n // 2, 1}):
+        broken = labels.copy()
+        broken[first] = 7
+        broken[min(first + _config.LABEL_GROUP_MIN, n - 1)] = -5  # a later one, maybe in another group
+        for check in (kernels.check_labels, kernels.check_labels_serial):
+            bad, total = check(broken, weight, 7, -100)
+            assert bad == first and np.isnan(total)
