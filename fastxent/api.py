@@ -449,7 +449,7 @@ _LSE_DOC = """    lse_out : ndarray, optional
 """
 
 # z_loss, softcap and lse_out run kernels that take each row in turn:
-# below TILE_MAX_CLASSES classes they are slower than the default call,
+# below TILE_MAX_CLASSES[itemsize] classes they are slower than the default call,
 # which lays short rows out class-major (see README, Performance).
 
 

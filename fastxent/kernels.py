@@ -35,7 +35,7 @@ Conventions shared by all kernels
   groups fixed by the shape, then over the groups), so it does not depend
   on the number of threads.
 - Cross-entropy kernels (class-index and probability targets) and the
-  softmax primitives process rows of at most ``TILE_MAX_CLASSES`` classes
+  softmax primitives process rows of at most ``TILE_MAX_CLASSES[itemsize]`` classes
   in class-major tiles of ``TILE_ROWS`` rows (see ``fastxent._config``);
   results agree with the row path to rounding.
 - ``*_serial`` functions are identical twins without ``parallel=True``:
@@ -648,7 +648,9 @@ def _probs_row(x, i, t, weight, keep, spread, scale, g, with_grad, inplace):
 # and its serial twin, which halves their compile work.
 
 TILE_ROWS = _config.TILE_ROWS
-TILE_ELEMENTS = _config.TILE_ROWS * _config.TILE_MAX_CLASSES
+TILE_ELEMENTS = _config.TILE_ROWS * max(_config.TILE_MAX_CLASSES.values())
+TILE_MAX_CLASSES_F32 = _config.TILE_MAX_CLASSES[4]
+TILE_MAX_CLASSES_F64 = _config.TILE_MAX_CLASSES[8]
 SUM_GROUPS = _config.SUM_GROUPS
 
 
@@ -657,10 +659,12 @@ def _groups(logits, tiles):
     """(tiled, n_groups, units per group) for a call on ``logits``.
 
     The units are tiles of TILE_ROWS rows when ``tiles`` is allowed, C is at
-    most TILE_MAX_CLASSES and there is at least one full tile; rows otherwise.
+    most TILE_MAX_CLASSES[itemsize] and there is at least one full tile; rows
+    otherwise.
     """
     n, c = logits.shape
-    tiled = tiles and c <= _config.TILE_MAX_CLASSES and n >= TILE_ROWS and logits.flags.c_contiguous
+    limit = TILE_MAX_CLASSES_F32 if logits.itemsize == 4 else TILE_MAX_CLASSES_F64
+    tiled = tiles and c <= limit and n >= TILE_ROWS and logits.flags.c_contiguous
     units = (n + TILE_ROWS - 1) // TILE_ROWS if tiled else n
     per_group = (units + SUM_GROUPS - 1) // SUM_GROUPS
     # Full groups only (but the last), so the threads' static halves of the
@@ -1415,7 +1419,7 @@ def _softmax_group(x, out, grp, tiled, per_group, log):
 
 def log_softmax_rows(x, out):
     """out[i] = log_softmax(x[i]) for a 2-D C-contiguous x; out may be x.
-    Rows of at most TILE_MAX_CLASSES classes go by class-major tiles."""
+    Rows of at most TILE_MAX_CLASSES[itemsize] classes go by class-major tiles."""
     _check_logits_and_weight(x, x[0:0, 0])
     _check_out(x, out)
     tiled, n_groups, per_group = _groups(x, out.flags.c_contiguous)
@@ -1425,7 +1429,7 @@ def log_softmax_rows(x, out):
 
 def softmax_rows(x, out):
     """out[i] = softmax(x[i]) for a 2-D C-contiguous x; out may be x.
-    Rows of at most TILE_MAX_CLASSES classes go by class-major tiles."""
+    Rows of at most TILE_MAX_CLASSES[itemsize] classes go by class-major tiles."""
     _check_logits_and_weight(x, x[0:0, 0])
     _check_out(x, out)
     tiled, n_groups, per_group = _groups(x, out.flags.c_contiguous)

@@ -1,4 +1,4 @@
-"""The row path in whole vectors: rows of C > TILE_MAX_CLASSES go through
+"""The row path in whole vectors: rows of C > TILE_MAX_CLASSES[itemsize] go through
 groups of SUM_LANES classes and one overlapping last group (kernels.py,
 "Whole vectors along a row"). These cases put C on both sides of every
 multiple of SUM_LANES they touch and non-finite values in the overlap."""
@@ -12,13 +12,15 @@ import reference as ref
 from conftest import tolerances
 
 L = _config.SUM_LANES
-CLASSES = [_config.TILE_MAX_CLASSES + 1, L - 1, L, L + 1, 2 * L + 36, 1000]
+CLASSES = ["max+1", 2 * L - 1, 2 * L, 2 * L + 1, 2 * L + 36, 1000]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_classes", CLASSES)
 def test_rows_match_reference(rng, dtype, n_classes):
-    n = 37
+    if n_classes == "max+1":  # the smallest C on the row path
+        n_classes = _config.TILE_MAX_CLASSES[np.dtype(dtype).itemsize] + 1
+    n = 2 * _config.TILE_ROWS + 5  # rows enough for a tile, so only C decides
     x = (rng.standard_normal((n, n_classes)) * 4).astype(dtype)
     labels = rng.integers(0, n_classes, n)
     labels[::5] = -100
@@ -42,13 +44,13 @@ def test_rows_match_reference(rng, dtype, n_classes):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_non_finite_values_in_the_overlapping_group(rng, dtype):
-    c = L + 7  # the last group covers classes 7 .. L + 6, of which L .. L + 6 are new
+    c = 2 * L + 7  # the last group covers classes L + 7 .. 2 L + 6, of which 2 L .. 2 L + 6 are new
     x = rng.standard_normal((6, c)).astype(dtype)
     labels = np.array([0, 1, 2, 3, c - 1, 5])
     x[0, c - 1] = np.nan  # a NaN among the new classes of the last group
-    x[1, 8] = np.nan  # a NaN in the overlap (counted once, in a whole group)
+    x[1, L + 8] = np.nan  # a NaN in the overlap (counted once, in a whole group)
     x[2, c - 2] = -np.inf  # a masked class in the tail: probability 0
-    x[3, 9] = -np.inf  # a masked class in the overlap
+    x[3, L + 9] = -np.inf  # a masked class in the overlap
     x[4, c - 1] = 60.0  # the max in the tail
     grad = np.empty_like(x)
     rows = np.empty(6, dtype)
@@ -58,7 +60,7 @@ def test_non_finite_values_in_the_overlapping_group(rng, dtype):
     want_rows, want_grad = ref.cross_entropy_with_grad(x[2:], labels[2:], reduction="none")
     np.testing.assert_allclose(rows[2:], want_rows, rtol=rtol, atol=atol)
     np.testing.assert_allclose(grad[2:], want_grad, rtol=rtol, atol=atol)
-    assert grad[2, c - 2] == 0.0 and grad[3, 9] == 0.0
+    assert grad[2, c - 2] == 0.0 and grad[3, L + 9] == 0.0
     serial = np.empty_like(x)
     kernels.xent_labels_fused_serial(x, labels, x[0, :0], -100, 0.0, 1.0, serial, rows[:0])
     np.testing.assert_array_equal(serial, grad)

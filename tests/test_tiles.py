@@ -1,8 +1,8 @@
 """The class-major tile path (small C) against the float64 reference.
 
-Class-index kernels take the tile path when C <= TILE_MAX_CLASSES and there
-is at least one full tile of TILE_ROWS rows; these cases sit on both sides
-of both limits and at tile edges.
+The kernels take the tile path when C <= TILE_MAX_CLASSES[itemsize] and
+there is at least one full tile of TILE_ROWS rows; these cases sit on both
+sides of both limits and at tile edges.
 """
 
 import numpy as np
@@ -14,14 +14,13 @@ import reference as ref
 from conftest import tolerances
 
 B = _config.TILE_ROWS
-CMAX = _config.TILE_MAX_CLASSES
 
 SHAPES = [
     (B, 2),  # exactly one tile
     (B - 1, 5),  # one row short of a tile: the row path
     (3 * B + 7, 10),  # a partial last tile
-    (5 * B, CMAX),  # the largest C on the tile path
-    (2 * B + 1, CMAX + 1),  # the smallest C on the row path
+    (5 * B, "max"),  # the largest C on the tile path (per dtype)
+    (2 * B + 1, "max+1"),  # the smallest C on the row path
     (B + 3, 1),  # one class
 ]
 OPTIONS = [
@@ -33,8 +32,15 @@ OPTIONS = [
 ]
 
 
-def make(rng, shape, dtype, opts):
+def resolve(shape, dtype):
+    """A shape of SHAPES with the tile limit of ``dtype`` in place of its name."""
     n, c = shape
+    cmax = _config.TILE_MAX_CLASSES[np.dtype(dtype).itemsize]
+    return n, {"max": cmax, "max+1": cmax + 1}.get(c, c)
+
+
+def make(rng, shape, dtype, opts):
+    n, c = shape = resolve(shape, dtype)
     logits = (rng.standard_normal(shape) * 3).astype(dtype)
     labels = rng.integers(0, c, n)
     labels[rng.random(n) < 0.1] = opts.get("ignore_index", -100)
@@ -104,7 +110,7 @@ def test_softmax_primitives_on_both_paths(rng, dtype, shape):
     """log_softmax and softmax take the same tile/row split, at the same edges."""
     import scipy.special as sp
 
-    x = (rng.standard_normal(shape) * 10).astype(dtype)
+    x = (rng.standard_normal(resolve(shape, dtype)) * 10).astype(dtype)
     rtol, atol = tolerances(dtype)
     for func, want in ((fx.log_softmax, sp.log_softmax), (fx.softmax, sp.softmax)):
         expected = want(x.astype(np.float64), axis=-1)
@@ -138,7 +144,7 @@ def test_softmax_primitives_non_finite_rows_inside_a_tile(rng, dtype):
 
 
 def make_probs(rng, shape, dtype, opts):
-    n, c = shape
+    n, c = shape = resolve(shape, dtype)
     logits = (rng.standard_normal(shape) * 3).astype(dtype)
     target = rng.random(shape)
     target[rng.random(shape) < 0.2] = 0.0  # zero-probability classes
