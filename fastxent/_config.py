@@ -74,6 +74,13 @@ ADAPTIVE_MAX_ELEMENTS = int(os.environ.get("FASTXENT_ADAPTIVE_MAX_ELEMENTS", 2**
 # win by 1.5 to 3x in both dtypes.
 TILE_ROWS = 64
 TILE_MAX_CLASSES = {4: 96, 8: 48}
+# Fewer rows than a tile still take one (padded) tile when there are at
+# least TILE_MIN_ROWS_FIXED + TILE_MIN_ROWS_PER_CLASS * C of them: a tile
+# costs about 0.3 + 0.045 C us whatever its rows, a row about 0.075 us
+# (measured from @njit code, serial, float32; float64 alike): tiles from 4
+# rows at C = 2, 8 at C = 10, 16 to 32 at C = 32, about 40 at C = 64.
+TILE_MIN_ROWS_FIXED = 2
+TILE_MIN_ROWS_PER_CLASS = 0.625
 # A full tile of at most SHUFFLE_MAX_CLASSES[itemsize] classes is moved in
 # and out by vector shuffles (`_shuffle`), not element loops. Measured
 # against the loops in the fused call, the loss and softmax (two threads,
@@ -85,6 +92,9 @@ TILE_MAX_CLASSES = {4: 96, 8: 48}
 # without shuffles, 110 s with C up to 15 and 8), so the limits stop where
 # the gain is clear.
 SHUFFLE_MAX_CLASSES = {4: 12, 8: 6}
+
+# A group of rows (below) holds at least GROUP_MIN_ELEMENTS logits.
+GROUP_MIN_ELEMENTS = 4096
 
 # Lanes of every sum along a row (kernels.py, "Sums along a row"): the
 # order of the additions is fixed by the code, not by the compiler. 64

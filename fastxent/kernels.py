@@ -659,14 +659,18 @@ def _groups(logits, tiles):
     """(tiled, n_groups, units per group) for a call on ``logits``.
 
     The units are tiles of TILE_ROWS rows when ``tiles`` is allowed, C is at
-    most TILE_MAX_CLASSES[itemsize] and there is at least one full tile; rows
-    otherwise.
+    most TILE_MAX_CLASSES[itemsize] and there are rows enough to fill a tile
+    or to pay for a padded one (TILE_MIN_ROWS_*); rows otherwise. A group holds at least GROUP_MIN_ELEMENTS
+    elements: each costs a call with a dozen arrays (about 0.16 us of
+    reference counting), which at one row a group was most of a small call.
     """
     n, c = logits.shape
     limit = TILE_MAX_CLASSES_F32 if logits.itemsize == 4 else TILE_MAX_CLASSES_F64
-    tiled = tiles and c <= limit and n >= TILE_ROWS and logits.flags.c_contiguous
+    enough = n >= TILE_ROWS or n >= _config.TILE_MIN_ROWS_FIXED + _config.TILE_MIN_ROWS_PER_CLASS * c
+    tiled = tiles and c <= limit and enough and logits.flags.c_contiguous
     units = (n + TILE_ROWS - 1) // TILE_ROWS if tiled else n
-    per_group = (units + SUM_GROUPS - 1) // SUM_GROUPS
+    unit_elements = max(1, TILE_ROWS * c if tiled else c)
+    per_group = max(max(1, _config.GROUP_MIN_ELEMENTS // unit_elements), (units + SUM_GROUPS - 1) // SUM_GROUPS)
     # Full groups only (but the last), so the threads' static halves of the
     # groups hold equal work.
     n_groups = (units + per_group - 1) // per_group if units else 0

@@ -1,8 +1,8 @@
 """The class-major tile path (small C) against the float64 reference.
 
 The kernels take the tile path when C <= TILE_MAX_CLASSES[itemsize] and
-there is at least one full tile of TILE_ROWS rows; these cases sit on both
-sides of both limits and at tile edges.
+there are rows enough for a tile of TILE_ROWS rows to pay (a partial tile
+is padded); these cases sit on both sides of both limits and at tile edges.
 """
 
 import numpy as np
@@ -17,7 +17,8 @@ B = _config.TILE_ROWS
 
 SHAPES = [
     (B, 2),  # exactly one tile
-    (B - 1, 5),  # one row short of a tile: the row path
+    (B - 1, 5),  # one row short of a tile: one padded tile
+    (5, 10),  # too few rows to pay for a tile: the row path
     (3 * B + 7, 10),  # a partial last tile
     (5 * B, "max"),  # the largest C on the tile path (per dtype)
     (2 * B + 1, "max+1"),  # the smallest C on the row path
