@@ -670,11 +670,17 @@ def _groups(logits, tiles):
     tiled = tiles and c <= limit and enough and logits.flags.c_contiguous
     units = (n + TILE_ROWS - 1) // TILE_ROWS if tiled else n
     unit_elements = max(1, TILE_ROWS * c if tiled else c)
-    per_group = max(max(1, _config.GROUP_MIN_ELEMENTS // unit_elements), (units + SUM_GROUPS - 1) // SUM_GROUPS)
-    # Full groups only (but the last), so the threads' static halves of the
-    # groups hold equal work.
-    n_groups = (units + per_group - 1) // per_group if units else 0
+    n_groups, per_group = _split(units, max(1, _config.GROUP_MIN_ELEMENTS // unit_elements))
     return tiled, n_groups, per_group
+
+
+@njit(**_config.ROW_ELEMENTWISE)
+def _split(units, min_per_group):
+    """(n_groups, units per group): at most SUM_GROUPS groups of at least
+    ``min_per_group`` units. Full groups only (but the last), so the
+    threads' static halves of the groups hold equal work."""
+    per_group = max(min_per_group, (units + SUM_GROUPS - 1) // SUM_GROUPS)
+    return ((units + per_group - 1) // per_group if units else 0), per_group
 
 
 @njit(**_config.ROW_ELEMENTWISE)
@@ -1625,7 +1631,9 @@ def vocab_shard_fused(logits, labels, vocab_start, weight, ignore_index, label_s
     _check_row_loss(logits, row_loss)
     spread = label_smoothing / n_classes
     keep = 1.0 - label_smoothing
-    _, n_groups, per_group = _groups(logits, False)
+    # Groups by the rows alone: shards of different widths must sum the same
+    # row losses in the same order, so that every rank returns the same total.
+    n_groups, per_group = _split(logits.shape[0], 1)
     partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
     for grp in prange(n_groups):
         start = np.int64(grp) * per_group
