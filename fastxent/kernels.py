@@ -733,6 +733,21 @@ def _tile_store(T, out, r0, nb):
             out[r0 + b, c] = T[c * B + b]
 
 
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _tile_sum_exps(T, n_classes, m, s, store):
+    """s[b] = sum_c exp(T[c * TILE_ROWS + b] - m[b]), down each lane in class
+    order; the exps replace T when ``store``."""
+    B = TILE_ROWS
+    for b in range(B):
+        s[b] = cast_like(T, 0.0)
+    for c in range(n_classes):
+        for b in range(B):
+            e = exp_nonpositive(T[c * B + b] - m[b])
+            if store:
+                T[c * B + b] = e
+            s[b] += e
+
+
 @njit(**_config.ROW_ELEMENTWISE)
 def _tile_labels(labels, r0, nb, weight, ignore_index, n_classes, keep, y, state, mass):
     """The labels of the rows r0..r0 + nb of a tile, per lane b of its TILE_ROWS:
@@ -818,14 +833,7 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
                 for b in range(B):
                     d = w * (T[c * B + b] - m[b])
                     shift[b] += d if w != zero else zero  # 0 * log 0 = 0
-        for b in range(B):
-            s[b] = zero
-        for c in range(n_classes):
-            for b in range(B):
-                e = exp_nonpositive(T[c * B + b] - m[b])
-                if with_grad:
-                    T[c * B + b] = e
-                s[b] += e
+        _tile_sum_exps(T, n_classes, m, s, with_grad)
         for b in range(B):
             log_s = log_sum(s[b])
             target_mass = mass[b]
@@ -899,7 +907,6 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
         _tile_load(t, r0, nb, Q)
         for b in range(B):
             m[b] = T[b]
-            s[b] = zero
             dot[b] = zero
             mass[b] = zero
         for c in range(1, n_classes):
@@ -913,12 +920,7 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
                 Q[c * B + b] = q
                 dot[b] += q * (T[c * B + b] - m[b]) if q != zero else zero  # 0 * log 0 = 0
                 mass[b] += q
-        for c in range(n_classes):
-            for b in range(B):
-                e = exp_nonpositive(T[c * B + b] - m[b])
-                if with_grad:
-                    T[c * B + b] = e
-                s[b] += e
+        _tile_sum_exps(T, n_classes, m, s, with_grad)
         for b in range(B):
             log_s = log_sum(s[b])
             loss = mass[b] * log_s - dot[b] if mass[b] != zero else -dot[b]
@@ -1378,32 +1380,23 @@ def _softmax_tiles(x, out, blk0, blk1, log):
     T = stack_empty(x, TILE_ELEMENTS)
     m = stack_empty(x, B)  # row max
     s = stack_empty(x, B)  # sum of exps, then its log (log) or inverse
-    zero = cast_like(x, 0.0)
     for blk in range(blk0, blk1):
         r0 = blk * B
         nb = min(B, n - r0)
         _tile_load(x, r0, nb, T)
         for b in range(B):
             m[b] = T[b]
-            s[b] = zero
         for c in range(1, n_classes):
             for b in range(B):
                 m[b] = maxnum(m[b], T[c * B + b])
+        _tile_sum_exps(T, n_classes, m, s, not log)
         if log:
-            for c in range(n_classes):
-                for b in range(B):
-                    s[b] += exp_nonpositive(T[c * B + b] - m[b])
             for b in range(B):
                 s[b] = log_sum(s[b])
             for c in range(n_classes):
                 for b in range(B):
                     T[c * B + b] = (T[c * B + b] - m[b]) - s[b]
         else:
-            for c in range(n_classes):
-                for b in range(B):
-                    e = exp_nonpositive(T[c * B + b] - m[b])
-                    T[c * B + b] = e
-                    s[b] += e
             for b in range(B):
                 s[b] = cast_like(x, 1.0) / s[b]
             for c in range(n_classes):
