@@ -69,7 +69,7 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from . import _config
-from ._fastmath import cast_like, exp_nonpositive, fast_tanh, log_sum, maxnum, stack_empty
+from ._fastmath import borrowed, cast_like, exp_nonpositive, fast_tanh, log_sum, maxnum, stack_empty
 from ._shuffle import rows_to_tile, tile_to_rows
 
 #: Pass as ``weight`` for unweighted classes (float64; its dtype is unused).
@@ -994,6 +994,11 @@ def xent_labels_fused(logits, labels, weight, ignore_index, label_smoothing, gra
         The summed row losses, accumulated in float64 in a fixed order
         (per group of rows, then over the groups; see `_groups`).
     """
+    logits = borrowed(logits)  # see `borrowed`
+    labels = borrowed(labels)
+    weight = borrowed(weight)
+    grad = borrowed(grad)
+    row_loss = borrowed(row_loss)
     _check_logits_and_weight(logits, weight)
     _check_labels_arg(logits, labels)
     _check_grad(logits, grad)
@@ -1016,6 +1021,10 @@ def xent_labels_fused_inplace(logits, labels, weight, ignore_index, label_smooth
     One array in and out: one read and one write of the logits per element
     in the common case, and no runtime alias check in the compiled loops.
     """
+    logits = borrowed(logits)  # see `borrowed`
+    labels = borrowed(labels)
+    weight = borrowed(weight)
+    row_loss = borrowed(row_loss)
     _check_logits_and_weight(logits, weight)
     _check_labels_arg(logits, labels)
     _check_row_loss(logits, row_loss)
@@ -1037,6 +1046,10 @@ def xent_labels_loss(logits, labels, weight, ignore_index, label_smoothing, row_
     Same arguments and return value as `xent_labels_fused` without
     ``grad_scale`` and ``grad``; reads the logits and writes ``row_loss``.
     """
+    logits = borrowed(logits)  # see `borrowed`
+    labels = borrowed(labels)
+    weight = borrowed(weight)
+    row_loss = borrowed(row_loss)
     _check_logits_and_weight(logits, weight)
     _check_labels_arg(logits, labels)
     _check_row_loss(logits, row_loss)
@@ -1101,6 +1114,12 @@ def xent_labels_fused_ext(logits, labels, weight, ignore_index, label_smoothing,
     float
         The summed row losses, as in `xent_labels_fused`.
     """
+    logits = borrowed(logits)  # see `borrowed`
+    labels = borrowed(labels)
+    weight = borrowed(weight)
+    grad = borrowed(grad)
+    row_loss = borrowed(row_loss)
+    lse = borrowed(lse)
     keep, spread, wsum, z, cap = _ext_setup(logits, labels, weight, label_smoothing, z_loss, softcap, row_loss, lse)
     _check_grad(logits, grad)
     scale = cast_like(logits, grad_scale)
@@ -1115,6 +1134,11 @@ def xent_labels_fused_ext(logits, labels, weight, ignore_index, label_smoothing,
 def xent_labels_fused_inplace_ext(logits, labels, weight, ignore_index, label_smoothing, z_loss, softcap, grad_scale,
                                   row_loss, lse):
     """`xent_labels_fused_ext` writing the gradient over ``logits``."""
+    logits = borrowed(logits)  # see `borrowed`
+    labels = borrowed(labels)
+    weight = borrowed(weight)
+    row_loss = borrowed(row_loss)
+    lse = borrowed(lse)
     keep, spread, wsum, z, cap = _ext_setup(logits, labels, weight, label_smoothing, z_loss, softcap, row_loss, lse)
     scale = cast_like(logits, grad_scale)
     _, n_groups, per_group = _groups(logits, False)
@@ -1128,6 +1152,11 @@ def xent_labels_fused_inplace_ext(logits, labels, weight, ignore_index, label_sm
 def xent_labels_loss_ext(logits, labels, weight, ignore_index, label_smoothing, z_loss, softcap, row_loss, lse):
     """`xent_labels_loss` with a z-loss, a soft cap and the rows' log-sum-exp
     (see `xent_labels_fused_ext`)."""
+    logits = borrowed(logits)  # see `borrowed`
+    labels = borrowed(labels)
+    weight = borrowed(weight)
+    row_loss = borrowed(row_loss)
+    lse = borrowed(lse)
     keep, spread, wsum, z, cap = _ext_setup(logits, labels, weight, label_smoothing, z_loss, softcap, row_loss, lse)
     one = cast_like(logits, 1.0)
     _, n_groups, per_group = _groups(logits, False)
@@ -1165,6 +1194,11 @@ def xent_probs_fused(logits, target, weight, label_smoothing, grad_scale, grad, 
     float
         The summed row losses, as in `xent_labels_fused`.
     """
+    logits = borrowed(logits)  # see `borrowed`
+    target = borrowed(target)
+    weight = borrowed(weight)
+    grad = borrowed(grad)
+    row_loss = borrowed(row_loss)
     _check_logits_and_weight(logits, weight)
     _check_target(logits, target)
     _check_grad(logits, grad)
@@ -1181,6 +1215,10 @@ def xent_probs_fused(logits, target, weight, label_smoothing, grad_scale, grad, 
 
 def xent_probs_fused_inplace(logits, target, weight, label_smoothing, grad_scale, row_loss):
     """`xent_probs_fused` writing the gradient over ``logits``."""
+    logits = borrowed(logits)  # see `borrowed`
+    target = borrowed(target)
+    weight = borrowed(weight)
+    row_loss = borrowed(row_loss)
     _check_logits_and_weight(logits, weight)
     _check_target(logits, target)
     _check_row_loss(logits, row_loss)
@@ -1196,6 +1234,10 @@ def xent_probs_fused_inplace(logits, target, weight, label_smoothing, grad_scale
 
 def xent_probs_loss(logits, target, weight, label_smoothing, row_loss):
     """Per-row losses only (no gradient) for probability targets."""
+    logits = borrowed(logits)  # see `borrowed`
+    target = borrowed(target)
+    weight = borrowed(weight)
+    row_loss = borrowed(row_loss)
     _check_logits_and_weight(logits, weight)
     _check_target(logits, target)
     _check_row_loss(logits, row_loss)
@@ -1290,6 +1332,8 @@ def check_labels(labels, weight, n_classes, ignore_index):
     ValueError
         If ``weight`` is neither empty nor of length ``n_classes``.
     """
+    labels = borrowed(labels)  # see `borrowed`
+    weight = borrowed(weight)
     if weight.shape[0] != 0 and weight.shape[0] != n_classes:
         raise ValueError("weight must have length n_classes (one per class), or 0 for no weights")
     n = labels.shape[0]
@@ -1332,6 +1376,8 @@ def xent_label_row(logits, label, weight, ignore_index, label_smoothing, grad_sc
     outside ``[0, C)`` that is not ``ignore_index`` gives NaN, as in the
     batch kernels; check it first to raise instead.
     """
+    # No `borrowed` here: this body is inlined into its caller, and the
+    # reference counts of the caller's arrays are its business.
     _check_logits_and_weight(logits, weight)
     if with_grad:
         _check_grad(logits, grad)
@@ -1423,6 +1469,8 @@ def _softmax_group(x, out, grp, tiled, per_group, log):
 def log_softmax_rows(x, out):
     """out[i] = log_softmax(x[i]) for a 2-D C-contiguous x; out may be x.
     Rows of at most TILE_MAX_CLASSES[itemsize] classes go by class-major tiles."""
+    x = borrowed(x)  # see `borrowed`
+    out = borrowed(out)
     _check_logits_and_weight(x, x[0:0, 0])
     _check_out(x, out)
     tiled, n_groups, per_group = _groups(x, out.flags.c_contiguous)
@@ -1433,6 +1481,8 @@ def log_softmax_rows(x, out):
 def softmax_rows(x, out):
     """out[i] = softmax(x[i]) for a 2-D C-contiguous x; out may be x.
     Rows of at most TILE_MAX_CLASSES[itemsize] classes go by class-major tiles."""
+    x = borrowed(x)  # see `borrowed`
+    out = borrowed(out)
     _check_logits_and_weight(x, x[0:0, 0])
     _check_out(x, out)
     tiled, n_groups, per_group = _groups(x, out.flags.c_contiguous)
@@ -1442,6 +1492,8 @@ def softmax_rows(x, out):
 
 def logsumexp_rows(x, out):
     """out[i] = log(sum(exp(x[i]))) for a 2-D C-contiguous x, out of shape (N,)."""
+    x = borrowed(x)  # see `borrowed`
+    out = borrowed(out)
     _check_logits_and_weight(x, x[0:0, 0])
     _check_out_rows(x, out)
     for i in prange(x.shape[0]):
@@ -1505,6 +1557,11 @@ def vocab_shard_partials(logits, labels, vocab_start, weight, ignore_index, with
         ignored rows, which then take no part in the global maximum).
     stats : (N, SHARD_STATS) float64 output; see the SHARD_* columns.
     """
+    logits = borrowed(logits)  # see `borrowed`
+    labels = borrowed(labels)
+    weight = borrowed(weight)
+    row_max = borrowed(row_max)
+    stats = borrowed(stats)
     _check_shard(logits, labels, weight, row_max, stats)
     width = logits.shape[1]
     for i in prange(logits.shape[0]):
@@ -1619,6 +1676,13 @@ def vocab_shard_fused(logits, labels, vocab_start, weight, ignore_index, label_s
     float
         The summed row losses (float64, fixed order, as the other kernels).
     """
+    logits = borrowed(logits)  # see `borrowed`
+    labels = borrowed(labels)
+    weight = borrowed(weight)
+    global_max = borrowed(global_max)
+    stats = borrowed(stats)
+    grad = borrowed(grad)
+    row_loss = borrowed(row_loss)
     _check_shard(logits, labels, weight, global_max, stats)
     _check_grad(logits, grad)
     _check_row_loss(logits, row_loss)

@@ -1,11 +1,12 @@
-"""The vectorizable exp against np.exp over its whole range."""
+"""The vectorizable elementary functions against NumPy, and the compiled helpers beside them."""
 
 import numpy as np
 import pytest
 from conftest import large
-from numba import njit
+import numba
+from numba import njit, prange
 
-from fastxent._fastmath import exp_nonpositive, fast_exp, fast_tanh, maxnum
+from fastxent._fastmath import borrowed, exp_nonpositive, fast_exp, fast_tanh, maxnum
 
 
 @njit
@@ -94,3 +95,21 @@ def test_tanh_against_numpy(dtype, ulps):
     special = np.array([np.inf, -np.inf, np.nan], dtype)
     tanh_all(special, special)
     assert special[0] == 1.0 and special[1] == -1.0 and np.isnan(special[2])
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="views without reference counts exist in compiled code only")
+def test_borrowed_views_write_through_inside_prange():
+    """Writes through `borrowed` views reach the arrays, in a parallel loop too
+    (Numba's dead-code elimination drops writes to arrays it thinks are new)."""
+
+    @njit(parallel=True)
+    def pair_sums(x, out):
+        x = borrowed(x)
+        out = borrowed(out)
+        for i in prange(x.shape[0]):
+            out[i] = x[i, 0] + x[i, 1]
+
+    x = np.arange(40.0).reshape(20, 2)
+    out = np.zeros(20)
+    pair_sums(x, out)
+    np.testing.assert_array_equal(out, x[:, 0] + x[:, 1])

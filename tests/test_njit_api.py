@@ -122,6 +122,23 @@ def test_one_sample_matches_the_reference(dtype, reduction):
     np.testing.assert_allclose(grad_p, want_gp[0], rtol=rtol, atol=rtol)
 
 
+def test_one_sample_with_every_option_left_out_matches_the_reference():
+    """One row and one integer label, no keyword but the buffer: a policy-gradient step."""
+
+    @njit
+    def step(scores, label, grad):
+        return fx.cross_entropy_with_grad(scores, label, grad_out=grad)
+
+    rng = np.random.default_rng(201)
+    for label in (0, 2, 5):
+        scores = rng.standard_normal(6) * 2
+        grad = np.empty_like(scores)
+        loss, _ = step(scores, label, grad)
+        want_loss, want_grad = xent_reference(scores[None], np.array([label]))
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-13)
+        np.testing.assert_allclose(grad, want_grad[0], rtol=1e-13, atol=1e-16)
+
+
 def test_defaults_in_place_and_buffers_inside_njit():
     @njit
     def step(logits, labels, row_losses):
