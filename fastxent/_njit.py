@@ -31,7 +31,7 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from . import _config, api, kernels
-from ._fastmath import cast_like, stack_empty
+from ._fastmath import borrowed_row, cast_like, stack_empty
 
 _OVERLOAD = dict(jit_options=_config.NJIT_API, prefer_literal=True)
 
@@ -118,7 +118,7 @@ def _rows_typed(x):
     if x.ndim == 2:
         return lambda x: x
     if x.layout == "C":
-        return lambda x: x.reshape((1, x.shape[0]))
+        return lambda x: borrowed_row(x)
     return lambda x: x[np.newaxis, :]
 
 

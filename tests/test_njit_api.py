@@ -137,6 +137,9 @@ def test_one_sample_with_every_option_left_out_matches_the_reference():
         want_loss, want_grad = xent_reference(scores[None], np.array([label]))
         np.testing.assert_allclose(loss, want_loss, rtol=1e-13)
         np.testing.assert_allclose(grad, want_grad[0], rtol=1e-13, atol=1e-16)
+        loss_inplace, _ = step(scores, label, scores)  # in place: the same bits
+        assert loss_inplace == loss
+        np.testing.assert_array_equal(scores, grad)
 
 
 def test_defaults_in_place_and_buffers_inside_njit():
