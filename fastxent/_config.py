@@ -92,6 +92,9 @@ TILE_MIN_ROWS_PER_CLASS = 0.625
 # without shuffles, 110 s with C up to 15 and 8), so the limits stop where
 # the gain is clear.
 SHUFFLE_MAX_CLASSES = {4: 12, 8: 6}
+# From C = 16 (float32) and 8 (float64) a full tile moves by squares of
+# shuffles (`_shuffle`), whatever C; only 13 to 15 (float32) and 7
+# (float64) classes take the loops.
 
 # A group of rows (below) holds at least GROUP_MIN_ELEMENTS logits: a
 # group costs about 0.16 us (a call passing a dozen arrays, with their

@@ -19,6 +19,18 @@ run-time loops): C = 2: 0.29 / 3.2; 4: 0.81 / 6.3; 8: 2.6 / 9.7;
 output vector draws from C input vectors), so past a measured C the
 loops win in the kernels (``_config.SHUFFLE_MAX_CLASSES``).
 
+From C = LANES up (16 float32, 8 float64) a tile moves instead by squares
+of LANES rows x LANES classes: LANES row loads, an in-register transpose
+of log2(LANES) rounds of shuffles, LANES stores, whatever C. Measured the
+same way (load and store, ns per row, squares / loops): float32 C = 16:
+1.4 / 7.9; 32: 2.7 / 15.0; 64: 6.3 / 29.5; 96: 10.5 / 44.0; float64 16:
+2.3 / 9.0; 32: 4.2 / 15.4. In the kernels (fused, 2 threads, 8M elements,
+time over a copy, loops -> squares): float32 C = 16: 4.1 -> 2.7, 32: 3.8
+-> 2.6, 64: 3.9 -> 2.9; float64 32: 2.3 -> 2.1, 48: 2.2 -> 2.0. The
+squares go row group by row group, each through all its class blocks:
+block by block over the whole tile (strided through memory) they were
+slower than the loops in float64 (C = 32: 2.5 -> 3.1).
+
 Both are pure data movement: results are the bits the loops give.
 """
 
@@ -113,9 +125,68 @@ def _tile_to_block(builder, rows_block, tile_at, c, lanes, lane_ty, block_ty, al
     builder.store(block, builder.bitcast(rows_block, block_ty.as_pointer()), align=align)
 
 
-def _transpose_intrinsic(move_block, doc):
-    """An intrinsic ``(rows, row0, tile, tile_rows) -> bool`` that applies
-    ``move_block`` to each group of LANES rows of the tile."""
+def _square_transpose(builder, vectors):
+    """The transpose of a square of ``len(vectors)`` vectors of as many lanes
+    (a power of two): lane l of output r is lane r of input l.
+
+    Recursive block swaps: at half-width h, the rows i and i + h (bit h of i
+    clear) trade the h-lane blocks that lie off the diagonal of their 2h x 2h
+    block. log2(lanes) rounds of ``lanes`` two-operand shuffles, which LLVM
+    emits as unpack and 128-bit lane shuffles."""
+    lanes = len(vectors)
+    rows = list(vectors)
+    h = lanes // 2
+    while h >= 1:
+        low = [(l // (2 * h)) * 2 * h + l % (2 * h) + (0 if l % (2 * h) < h else lanes - h) for l in range(lanes)]
+        high = [(l // (2 * h)) * 2 * h + l % (2 * h) + (h if l % (2 * h) < h else lanes) for l in range(lanes)]
+        for i in range(lanes):
+            if i & h:
+                continue
+            a, b = rows[i], rows[i + h]
+            rows[i], rows[i + h] = builder.shuffle_vector(a, b, _mask(low)), builder.shuffle_vector(a, b, _mask(high))
+        h //= 2
+    return rows
+
+
+def _square_blocks(builder, rows, tile, row0, n_rows, lanes, lane_ty, align, to_tile):
+    """Move a tile by squares of ``lanes`` rows x ``lanes`` classes.
+
+    The class blocks start at 0, lanes, 2 lanes, ... and the last one at
+    C - lanes, overlapping the one before when lanes does not divide C
+    (C >= lanes): every load and store stays inside its row, and the classes
+    moved twice get the same values twice. One loop over the blocks and
+    one over the groups of rows, whatever C."""
+    intp = row0.type
+    n_classes = cgutils.unpack_tuple(builder, rows.shape)[1]
+    step = ir.Constant(intp, lanes)
+    n_blocks = builder.udiv(builder.add(n_classes, ir.Constant(intp, lanes - 1)), step)
+    last = builder.sub(n_classes, step)
+    with cgutils.for_range(builder, ir.Constant(intp, n_rows // lanes)) as groups:
+        lane0 = builder.mul(groups.index, step)
+        with cgutils.for_range(builder, n_blocks) as blocks:
+            start = builder.mul(blocks.index, step)
+            col0 = builder.select(builder.icmp_unsigned(">", start, last), last, start)
+
+            def row_at(b):  # &rows[row0 + lane0 + b, col0]
+                r = builder.add(builder.add(row0, lane0), ir.Constant(intp, b))
+                return builder.bitcast(builder.gep(rows.data, [builder.add(builder.mul(r, n_classes), col0)]),
+                                       lane_ty.as_pointer())
+
+            def class_at(k):  # &tile[(col0 + k) * n_rows + lane0]
+                c = builder.add(col0, ir.Constant(intp, k))
+                return builder.bitcast(builder.gep(tile.data, [builder.add(builder.mul(c, ir.Constant(intp, n_rows)), lane0)]),
+                                       lane_ty.as_pointer())
+
+            source, target = (row_at, class_at) if to_tile else (class_at, row_at)
+            square = [builder.load(source(k), align=align) for k in range(lanes)]
+            for k, vector in enumerate(_square_transpose(builder, square)):
+                builder.store(vector, target(k), align=align)
+
+
+def _transpose_intrinsic(move_block, to_tile, doc):
+    """An intrinsic ``(rows, row0, tile, tile_rows) -> bool`` that moves a tile
+    by ``move_block`` for each group of LANES rows when C is in
+    SHUFFLE_CLASSES, by squares (`_square_blocks`) when C >= LANES."""
 
     def typer(typingctx, rows, row0, tile, tile_rows):
         if not _check_types(rows, row0, tile, tile_rows):
@@ -149,7 +220,11 @@ def _transpose_intrinsic(move_block, doc):
 
                     move_block(builder, builder.gep(rows.data, [first]), tile_at, c, lanes, lane_ty, block_ty, align)
 
-            return _switch_on_classes(builder, n_classes, SHUFFLE_CLASSES[size], emit)
+            shuffled = _switch_on_classes(builder, n_classes, SHUFFLE_CLASSES[size], emit)
+            wide = builder.and_(builder.not_(shuffled), builder.icmp_signed(">=", n_classes, ir.Constant(n_classes.type, lanes)))
+            with builder.if_then(wide):
+                _square_blocks(builder, rows, tile, row0, n_rows, lanes, lane_ty, align, to_tile)
+            return builder.or_(shuffled, wide)
 
         return sig, codegen
 
@@ -158,7 +233,7 @@ def _transpose_intrinsic(move_block, doc):
 
 
 if not config.DISABLE_JIT:
-    rows_to_tile = _transpose_intrinsic(_block_to_tile, """\
+    rows_to_tile = _transpose_intrinsic(_block_to_tile, True, """\
 ``tile[c * tile_rows + b] = rows[row0 + b, c]`` for b < tile_rows, by
 shuffles, if C is in SHUFFLE_CLASSES; returns whether it did.
 
@@ -166,7 +241,7 @@ Unchecked: rows ``row0 .. row0 + tile_rows - 1`` must exist and ``tile``
 hold ``C * tile_rows`` elements (``tile_rows``, a literal int, is a
 multiple of LANES).
 """)
-    tile_to_rows = _transpose_intrinsic(_tile_to_block, """\
+    tile_to_rows = _transpose_intrinsic(_tile_to_block, False, """\
 ``rows[row0 + b, c] = tile[c * tile_rows + b]`` for b < tile_rows, by
 shuffles, if C is in SHUFFLE_CLASSES; returns whether it did.
 
@@ -178,7 +253,7 @@ else:  # NUMBA_DISABLE_JIT=1 (coverage runs): the same moves in NumPy
     def rows_to_tile(rows, row0, tile, tile_rows):
         """``tile[c * tile_rows + b] = rows[row0 + b, c]`` if C is in SHUFFLE_CLASSES."""
         c = rows.shape[1]
-        if c not in SHUFFLE_CLASSES[rows.itemsize]:
+        if c not in SHUFFLE_CLASSES[rows.itemsize] and c < LANES[rows.itemsize]:
             return False
         tile[: c * tile_rows] = np.ascontiguousarray(rows[row0 : row0 + tile_rows].T).reshape(-1)
         return True
@@ -186,7 +261,7 @@ else:  # NUMBA_DISABLE_JIT=1 (coverage runs): the same moves in NumPy
     def tile_to_rows(rows, row0, tile, tile_rows):
         """``rows[row0 + b, c] = tile[c * tile_rows + b]`` if C is in SHUFFLE_CLASSES."""
         c = rows.shape[1]
-        if c not in SHUFFLE_CLASSES[rows.itemsize]:
+        if c not in SHUFFLE_CLASSES[rows.itemsize] and c < LANES[rows.itemsize]:
             return False
         rows[row0 : row0 + tile_rows] = tile[: c * tile_rows].reshape(c, tile_rows).T
         return True

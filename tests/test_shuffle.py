@@ -2,7 +2,7 @@
 
 They are checked directly against NumPy's transpose, then through the
 kernels on both sides of the measured limit (``_config.SHUFFLE_MAX_CLASSES``)
-against the float64 reference.
+and of the squares (C >= LANES) against the float64 reference.
 """
 
 import numpy as np
@@ -11,7 +11,7 @@ from numba import njit
 
 import fastxent as fx
 from fastxent import _config, kernels
-from fastxent._shuffle import SHUFFLE_CLASSES, rows_to_tile, tile_to_rows
+from fastxent._shuffle import LANES, SHUFFLE_CLASSES, rows_to_tile, tile_to_rows
 import reference as ref
 from conftest import tolerances
 
@@ -31,12 +31,14 @@ def store(rows, row0, tile):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_round_trip_against_numpy_transpose(rng, dtype):
     size = np.dtype(dtype).itemsize
-    for c in range(1, SHUFFLE_CLASSES[size][-1] + 3):
+    lanes = LANES[size]
+    squares = [lanes, lanes + 1, 2 * lanes - 1, 2 * lanes, 2 * lanes + 3, _config.TILE_MAX_CLASSES[size]]
+    for c in sorted(set(range(1, SHUFFLE_CLASSES[size][-1] + 3)) | {lanes - 1, *squares}):
         n, row0 = 3 * B + 5, B + 3  # a tile that starts off any vector boundary
         rows = rng.standard_normal((n, c)).astype(dtype)
         sentinel = np.array(-7.0, dtype)
         tile = np.full(c * B + 4, sentinel)
-        shuffled = c in SHUFFLE_CLASSES[size]
+        shuffled = c in SHUFFLE_CLASSES[size] or c >= lanes
         assert load(rows, row0, tile) is shuffled
         if not shuffled:
             assert (tile == sentinel).all()  # declined: nothing written
@@ -71,8 +73,9 @@ def test_moves_bits_not_values():
 
 def _edges():
     for dtype in (np.float32, np.float64):
-        top = _config.SHUFFLE_MAX_CLASSES[np.dtype(dtype).itemsize]
-        for c in (2, 3, top, top + 1):
+        size = np.dtype(dtype).itemsize
+        top = _config.SHUFFLE_MAX_CLASSES[size]
+        for c in sorted({2, 3, top, top + 1, LANES[size] - 1, LANES[size], LANES[size] + 3}):
             yield dtype, c
 
 
