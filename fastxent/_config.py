@@ -159,3 +159,36 @@ LINEAR_CHUNK_MIN_ROWS = 64
 # gemm with beta = 1 into the whole gradient (scipy) 693 / 551 / 466; a
 # (V, D) temporary and an add 791 / 580 / 495.
 LINEAR_CLASS_BLOCK = 1024
+
+# Numba keys a cached kernel on the text of the file that defines it, so
+# an edit of another module compiled into the kernels (the exp and the
+# shuffles, these constants) would leave the disk cache serving the old
+# machine code, after an upgrade as much as in development (measured: a
+# new transpose in _shuffle.py ran only once fastxent/__pycache__ was
+# cleared). `key_cache_on_sources` adds the text of these modules to the
+# key of every cached kernel.
+CACHE_KEY_MODULES = ("kernels.py", "_fastmath.py", "_shuffle.py", "_config.py")
+
+
+def key_cache_on_sources(namespace):
+    """Make every disk-cached dispatcher in ``namespace`` key its cache
+    entries on the text of CACHE_KEY_MODULES as well as on its own file."""
+    import hashlib
+
+    from numba.core.caching import FunctionCache
+    from numba.core.registry import CPUDispatcher
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for name in CACHE_KEY_MODULES:
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(f.read())
+    sources = digest.hexdigest()
+
+    class SourcesKeyedCache(FunctionCache):
+        def _index_key(self, sig, codegen):
+            return (*super()._index_key(sig, codegen), sources)
+
+    for obj in list(namespace.values()):
+        if isinstance(obj, CPUDispatcher) and isinstance(obj._cache, FunctionCache):
+            obj._cache = SourcesKeyedCache(obj.py_func)

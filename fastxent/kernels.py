@@ -1701,3 +1701,6 @@ def vocab_shard_fused(logits, labels, vocab_start, weight, ignore_index, label_s
 
 
 vocab_shard_fused, vocab_shard_fused_serial = _twins(vocab_shard_fused)
+
+
+_config.key_cache_on_sources(globals())

@@ -159,3 +159,39 @@ def test_training_loops_allocate_nothing_of_batch_size(rng):
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024, f"{peak} bytes allocated per loop, batch is {logits.nbytes}"
+
+
+CACHED_CALL = """
+import numpy as np
+from fastxent import kernels
+x = np.arange(12.0).reshape(3, 4)
+out = np.empty(3)
+kernels.logsumexp_rows_serial(x, out)
+print(out[0])
+"""
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="compiles in fresh processes")
+def test_disk_cache_follows_edits_of_the_modules_compiled_in(tmp_path):
+    """An edit of _fastmath.py (compiled into every kernel, not its own file)
+    makes the cached kernel compile again instead of loading stale code."""
+    import shutil
+
+    package = tmp_path / "pkg" / "fastxent"
+    shutil.copytree(os.path.dirname(fx.__file__), package, ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(package.parent), NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               NUMBA_DEBUG_CACHE="1", FASTXENT_CACHE="1")
+
+    def saved_kernel():
+        proc = subprocess.run([sys.executable, "-c", CACHED_CALL], env=env, capture_output=True, text=True,
+                              timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        lines = [line for line in proc.stdout.splitlines() if "logsumexp_rows_serial" in line]
+        assert lines, proc.stdout  # the cache was consulted
+        return any("data saved" in line for line in lines)
+
+    assert saved_kernel()  # cold: compiled and saved
+    assert not saved_kernel()  # warm: loaded
+    with open(package / "_fastmath.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert saved_kernel()  # compiled again
