@@ -225,7 +225,7 @@ def _row_max(x, i):
     for c in range(main):
         m = maxnum(m, x[i, c])
     for c in range(n - SUM_LANES, n):
-        m = maxnum(m, x[i, c])
+        m = maxnum(m, x[i, np.uint64(c)])  # see "Unsigned indices"
     return m
 
 
@@ -278,7 +278,7 @@ def _row_sum_of(term):
         elif main < n:
             base = n - SUM_LANES
             for k in range(SUM_LANES):
-                v = term(x, i, base + k, a, b)
+                v = term(x, i, np.uint64(base + k), a, b)  # see "Unsigned indices"
                 acc[k] += v if base + k >= main else zero
         return _lanes_total(acc)
 
@@ -341,11 +341,11 @@ def _row_exp_store(x, i, m, e):
         base = n - SUM_LANES
         tail = stack_empty(x, SUM_LANES)
         for k in range(SUM_LANES):
-            v = exp_nonpositive(x[i, base + k] - m)
+            v = exp_nonpositive(x[i, np.uint64(base + k)] - m)  # see "Unsigned indices"
             tail[k] = v
             acc[k] += v if base + k >= main else zero
         for c in range(main, n):
-            e[i, c] = tail[c - base]
+            e[i, np.uint64(c)] = tail[np.uint64(c - base)]
     return _lanes_total(acc)
 
 
@@ -381,9 +381,9 @@ def _row_target_dot(x, i, m, t, weight, keep, spread):
     elif main < n:
         base = n - SUM_LANES
         for k in range(SUM_LANES):
-            c = base + k
+            c = np.uint64(base + k)  # see "Unsigned indices"
             q = _target_mass(x, i, c, t, weight, keep, spread)
-            q = q if c >= main else zero
+            q = q if base + k >= main else zero
             dot[k] += q * (x[i, c] - m) if q != zero else zero
             mass[k] += q
     return _lanes_total(dot), _lanes_total(mass)
@@ -822,7 +822,7 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
         for c in range(1, n_classes):
             cf = cast_like(x, c)
             for b in range(B):
-                t = T[c * B + b]
+                t = T[np.uint64(c * B + b)]  # see "Unsigned indices": a signed index here made every load a gather
                 m[b] = maxnum(m[b], t)
                 xy[b] = t if y[b] == cf else xy[b]
         if spread != zero:
@@ -911,7 +911,7 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
             mass[b] = zero
         for c in range(1, n_classes):
             for b in range(B):
-                m[b] = maxnum(m[b], T[c * B + b])
+                m[b] = maxnum(m[b], T[np.uint64(c * B + b)])  # see "Unsigned indices"
         for c in range(n_classes):
             w = cast_like(x, weight[c]) if weighted else cast_like(x, 1.0)
             for b in range(B):
@@ -1434,7 +1434,7 @@ def _softmax_tiles(x, out, blk0, blk1, log):
             m[b] = T[b]
         for c in range(1, n_classes):
             for b in range(B):
-                m[b] = maxnum(m[b], T[c * B + b])
+                m[b] = maxnum(m[b], T[np.uint64(c * B + b)])  # see "Unsigned indices"
         _tile_sum_exps(T, n_classes, m, s, not log)
         if log:
             for b in range(B):
