@@ -67,13 +67,17 @@ ADAPTIVE_MAX_ELEMENTS = int(os.environ.get("FASTXENT_ADAPTIVE_MAX_ELEMENTS", 2**
 # time (one vector lane per row), instead of looping along each short row.
 # TILE_ROWS is a multiple of every vector width. The crossover is measured
 # (2 threads, 8M elements, both paths interleaved in one process, time over
-# np.copyto, row -> tile): float32 fused C = 40: 8.1 -> 5.5, 48: 7.7 ->
-# 3.9, 64: 4.3 -> 3.7, 96: 5.1 -> 3.4, 128: 2.8 -> 4.4; float64 C = 40: 7.4
-# -> 4.2, 48: 2.7 -> 2.2, 64: 1.9 -> 3.2, 128: 1.4 -> 3.6 (the loss, the
-# probability targets and log_softmax alike). Below 33 classes the tiles
-# win by 1.5 to 3x in both dtypes.
+# np.copyto, tile / row, fused and loss only), with the tiles moved by
+# squares of shuffles (`_shuffle`): float32 C = 112: 2.9 / 3.6 and 1.0 /
+# 3.2; 128: 2.2 / 2.6 and 1.2 / 2.0; 160: 2.1 / 2.8 and 1.1 / 2.5; 192 (a
+# multiple of the row loops' 64 lanes, their best case): 2.2 / 2.0 and
+# 1.1 / 1.6, probability targets 3.0 / 2.5; float64 C = 56: 2.0 / 3.1; 64:
+# 1.9 / 2.0 and 1.2 / 1.6; 80: 2.0 / 2.8; 96: 2.1 / 2.4 and 1.3 / 2.1.
+# (With element-loop transposes the limits were 96 and 48.) A tile's
+# scratch is TILE_ROWS * max(TILE_MAX_CLASSES) elements on the stack (80
+# KiB in float64, twice that for probability targets).
 TILE_ROWS = 64
-TILE_MAX_CLASSES = {4: 96, 8: 48}
+TILE_MAX_CLASSES = {4: 160, 8: 96}
 # Fewer rows than a tile still take one (padded) tile when there are at
 # least TILE_MIN_ROWS_FIXED + TILE_MIN_ROWS_PER_CLASS * C of them: a tile
 # costs about 0.3 + 0.045 C us whatever its rows, a row about 0.075 us

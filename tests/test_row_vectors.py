@@ -12,14 +12,26 @@ import reference as ref
 from conftest import assert_matches_reference, tolerances
 
 L = _config.SUM_LANES
-CLASSES = ["max+1", 2 * L - 1, 2 * L, 2 * L + 1, 2 * L + 36, 1000]
+# "max+1": the smallest C on the row path; "k-1", "k", "k+1", "k+36": around
+# k, the first multiple of SUM_LANES on it.
+CLASSES = ["max+1", "k-1", "k", "k+1", "k+36", 1000]
+
+
+def resolve(n_classes, dtype):
+    if isinstance(n_classes, int):
+        return n_classes
+    limit = _config.TILE_MAX_CLASSES[np.dtype(dtype).itemsize]
+    if n_classes == "max+1":
+        return limit + 1
+    k = L * (limit // L + 1)
+    return k + int(n_classes[1:]) if len(n_classes) > 1 else k
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_classes", CLASSES)
 def test_rows_match_reference(rng, dtype, n_classes):
-    if n_classes == "max+1":  # the smallest C on the row path
-        n_classes = _config.TILE_MAX_CLASSES[np.dtype(dtype).itemsize] + 1
+    n_classes = resolve(n_classes, dtype)
+    assert n_classes > _config.TILE_MAX_CLASSES[np.dtype(dtype).itemsize]
     n = 2 * _config.TILE_ROWS + 5  # rows enough for a tile, so only C decides
     x = (rng.standard_normal((n, n_classes)) * 4).astype(dtype)
     labels = rng.integers(0, n_classes, n)
