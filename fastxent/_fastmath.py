@@ -208,36 +208,6 @@ if _JIT:
     ir_utils.alias_func_extensions[("borrowed", __name__)] = _borrowed_aliases
     ir_utils.alias_func_extensions[("borrowed_row", __name__)] = _borrowed_aliases
 
-    @intrinsic
-    def borrowed_row(typingctx, arr):
-        """A 1-D C-contiguous ``arr`` as a (1, n) view, without a reference
-        count (as `borrowed`). ``arr.reshape((1, n))`` calls into Numba's
-        runtime to work out the strides, about 0.05 us of a one-sample call."""
-        if not isinstance(arr, types.Array) or arr.ndim != 1 or arr.layout != "C":
-            return None
-        rowty = arr.copy(ndim=2, layout="C")
-
-        def codegen(context, builder, sig, args):
-            src = context.make_array(arr)(context, builder, value=args[0])
-            view = context.make_array(rowty)(context, builder)
-            one = ir.Constant(src.nitems.type, 1)
-            n = builder.extract_value(src.shape, 0)
-            row_bytes = builder.mul(n, src.itemsize)
-            populate_array(
-                view, data=src.data, shape=[one, n], strides=[row_bytes, src.itemsize], itemsize=src.itemsize,
-                meminfo=None,
-            )
-            return view._getvalue()
-
-        return rowty(arr), codegen
-
-    def _borrowed_aliases(lhs, args, alias_map, arg_aliases):
-        for arg in args:
-            ir_utils._add_alias(lhs, arg.name, alias_map, arg_aliases)
-
-    ir_utils.alias_func_extensions[("borrowed", __name__)] = _borrowed_aliases
-    ir_utils.alias_func_extensions[("borrowed_row", __name__)] = _borrowed_aliases
-
 else:  # NUMBA_DISABLE_JIT=1 (coverage runs): plain Python equivalents
 
     def maxnum(a, b):

@@ -180,9 +180,11 @@ def _twins(body):
 # Unsigned indices: Numba turns a negative index into one from the end, so
 # an index LLVM cannot prove non-negative (``labels[start + k]`` with a
 # runtime start) costs a select per element, and a vector of such indices
-# is a gather. Loops over a run of labels or row losses therefore index
-# with ``np.uint64``, which has no negative case (bounds checks under
-# NUMBA_BOUNDSCHECK=1 are unchanged): 5x faster label validation.
+# is a gather. Loops over a run of labels or row losses, over a row's last
+# group of classes and over a tile's classes from the second on therefore
+# index with ``np.uint64``, which has no negative case (bounds checks
+# under NUMBA_BOUNDSCHECK=1 are unchanged): 5x faster label validation,
+# and no gather left in the row loops or the tile max (`inspect_asm`).
 # --------------------------------------------------------------------------
 
 
