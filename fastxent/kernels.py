@@ -798,6 +798,7 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
     s = stack_empty(x, B)  # sum of exps, then the gradient factor
     xy = stack_empty(x, B)  # target logit, then the row loss
     shift = stack_empty(x, B)  # sum_c w_c (x_c - max), for label smoothing
+    share = stack_empty(x, B)  # scale * spread for a row to compute, else 0
     mass = stack_empty(x, B)  # keep * w_y: the target's share of the row mass
     y = stack_empty(x, B)  # the label as a float (see `_tile_labels`); -1 for ignored, invalid and padding lanes
     state = stack_empty(x, B)  # 0: a row to compute, 1: ignored or padding, 2: invalid label
@@ -846,23 +847,41 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
             loss = nan if state[b] == two else loss
             xy[b] = loss
             acc[b] += loss
-            if with_grad:
-                s[b] = scale * (target_mass + spread * wsum) / s[b]
         if store:
             for b in range(nb):
                 row_loss[np.uint64(r0 + b)] = xy[b]
         if with_grad:
+            # The row states go into per-lane factors here, once a row, so
+            # that the loop over the logits has one select (the target's):
+            # an ignored row gets factor 0 and no smoothing share, an
+            # invalid one a NaN factor. 0 * exp is 0 only for a finite exp:
+            # an ignored row whose sum of exps is NaN (a NaN or +inf logit,
+            # or all -inf) is zeroed after the loop.
             spread_scale = scale * spread
+            unfinite_ignored = False
             for b in range(B):
+                factor = scale * (mass[b] + spread * wsum) / s[b]
+                unfinite_ignored |= (state[b] == one) & (s[b] != s[b])  # an or: vectorizes, a float sum would not
+                factor = zero if state[b] == one else factor
+                s[b] = nan if state[b] == two else factor
+                share[b] = spread_scale if state[b] == zero else zero
                 mass[b] *= scale
             for c in range(n_classes):
                 w = cast_like(x, weight[c]) if weighted else cast_like(x, 1.0)
                 cf = cast_like(x, c)
+                if spread == zero:
+                    for b in range(B):
+                        v = s[b] * T[c * B + b]
+                        T[c * B + b] = v - mass[b] if y[b] == cf else v
+                else:
+                    for b in range(B):
+                        v = s[b] * T[c * B + b] - share[b] * w
+                        T[c * B + b] = v - mass[b] if y[b] == cf else v
+            if unfinite_ignored:
                 for b in range(B):
-                    v = s[b] * T[c * B + b] - spread_scale * w
-                    v = v - mass[b] if y[b] == cf else v
-                    v = zero if state[b] == one else v
-                    T[c * B + b] = nan if state[b] == two else v
+                    if state[b] == one:
+                        for c in range(n_classes):
+                            T[c * B + b] = zero
             _tile_store(T, g, r0, nb)
     return _lanes_total(acc)
 

@@ -59,7 +59,8 @@ def test_tile_path_matches_reference(rng, dtype, shape, opts):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_non_finite_and_bad_rows_inside_a_tile(rng, dtype):
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_non_finite_and_bad_rows_inside_a_tile(rng, dtype, label_smoothing):
     n, c = 2 * B + 5, 7
     logits = rng.standard_normal((n, c)).astype(dtype)
     labels = rng.integers(0, c, n)
@@ -68,19 +69,25 @@ def test_non_finite_and_bad_rows_inside_a_tile(rng, dtype):
     logits[B + 2, 0] = -np.inf  # a masked class
     labels[B + 3] = -100  # an ignored row with NaN logits
     logits[B + 3, 1] = np.nan
+    labels[B + 4] = -100  # ignored rows with a +inf logit and with all -inf
+    logits[B + 4, 5] = np.inf
+    labels[B + 5] = -100
+    logits[B + 5, :] = -np.inf
     labels[2 * B + 1] = 50  # a bad label in the last, partial tile
     grad = np.empty_like(logits)
     rows = np.empty(n, dtype)
-    kernels.xent_labels_fused(logits, labels, logits[0, :0], -100, 0.0, 1.0, grad, rows)
+    kernels.xent_labels_fused(logits, labels, logits[0, :0], -100, label_smoothing, 1.0, grad, rows)
     good = np.ones(n, bool)
-    good[[3, B + 1, B + 3, 2 * B + 1]] = False
-    want_rows, want_grad = ref.cross_entropy_with_grad(logits[good], labels[good], reduction="none")
+    good[[3, B + 1, B + 3, B + 4, B + 5, 2 * B + 1]] = False
+    want_rows, want_grad = ref.cross_entropy_with_grad(logits[good], labels[good], reduction="none",
+                                                       label_smoothing=label_smoothing)
     rtol, atol = tolerances(dtype)
     np.testing.assert_allclose(rows[good], want_rows, rtol=rtol, atol=atol)
     np.testing.assert_allclose(grad[good], want_grad, rtol=rtol, atol=atol)
     for bad in (3, B + 1, 2 * B + 1):
         assert np.isnan(rows[bad]) and np.isnan(grad[bad]).all()
-    assert rows[B + 3] == 0 and (grad[B + 3] == 0).all()
+    for ignored in (B + 3, B + 4, B + 5):
+        assert rows[ignored] == 0 and (grad[ignored] == 0).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
