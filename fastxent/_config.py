@@ -96,9 +96,17 @@ TILE_MIN_ROWS_PER_CLASS = 0.625
 # without shuffles, 110 s with C up to 15 and 8), so the limits stop where
 # the gain is clear.
 SHUFFLE_MAX_CLASSES = {4: 12, 8: 6}
-# From C = 16 (float32) and 8 (float64) a full tile moves by squares of
-# shuffles (`_shuffle`), whatever C; only 13 to 15 (float32) and 7
-# (float64) classes take the loops.
+# From SQUARE_MIN_CLASSES up a full tile moves by squares of shuffles
+# (`_shuffle`), whatever C; between the two limits (float64 C = 7) the
+# loops. Float32 C = 13 to 15 are narrower than a vector and take masked
+# squares (2 threads, 8M elements, time over a copy, loops -> squares: C =
+# 13 fused 3.6 -> 2.7, loss 2.3 -> 1.8; C = 15 fused 3.3 -> 2.8). For
+# float64 C = 7 they were faster in cache (one thread, 11.0 -> 7.3 ns a
+# row) but not from memory (fused 2.2 -> 2.4, loss 1.4 -> 1.7 times a
+# copy). Below the shuffle limits masked squares were slower than the
+# shuffles (float32 C = 5 to 8, float64 C = 3 to 6) or mixed (float32 C =
+# 10: fused 6.1 -> 5.8 ns a row, loss 3.9 -> 4.1).
+SQUARE_MIN_CLASSES = {4: 13, 8: 8}
 
 # A group of rows (below) holds at least GROUP_MIN_ELEMENTS logits: a
 # group costs about 0.16 us (a call passing a dozen arrays, with their

@@ -19,9 +19,14 @@ run-time loops): C = 2: 0.29 / 3.2; 4: 0.81 / 6.3; 8: 2.6 / 9.7;
 output vector draws from C input vectors), so past a measured C the
 loops win in the kernels (``_config.SHUFFLE_MAX_CLASSES``).
 
-From C = LANES up (16 float32, 8 float64) a tile moves instead by squares
-of LANES rows x LANES classes: LANES row loads, an in-register transpose
-of log2(LANES) rounds of shuffles, LANES stores, whatever C. Measured the
+Above SHUFFLE_CLASSES a tile moves instead by squares of LANES rows x
+LANES classes: LANES row loads, an in-register transpose of log2(LANES)
+rounds of shuffles, LANES stores, whatever C. Rows narrower than a vector
+(float32 C = 13 to 15, float64 C = 7) are read and written by masked loads
+and stores: in the kernels (one thread, tiles in cache, ns per row, loops
+-> masked squares) float32 C = 13 fused 15.5 -> 6.7, loss 9.7 -> 4.9;
+float64 C = 7 fused 11.0 -> 7.4. Below that the shuffles win (float32 C =
+5: fused 3.2 against 4.4 for masked squares; float64 C = 3: 3.7 / 4.8). Measured the
 same way (load and store, ns per row, squares / loops): float32 C = 16:
 1.4 / 7.9; 32: 2.7 / 15.0; 64: 6.3 / 29.5; 96: 10.5 / 44.0; float64 16:
 2.3 / 9.0; 32: 4.2 / 15.4. In the kernels (fused, 2 threads, 8M elements,
@@ -35,6 +40,7 @@ Both are pure data movement: results are the bits the loops give.
 """
 
 import numpy as np
+from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import config, types
 from numba.core import cgutils
@@ -148,6 +154,63 @@ def _square_transpose(builder, vectors):
     return rows
 
 
+def _row_mask(builder, n_classes, lanes):
+    """<lanes x i1>: lane k is on when k < n_classes."""
+    counts = ir.Constant(ir.VectorType(n_classes.type, lanes), list(range(lanes)))
+    limit = builder.insert_element(ir.Constant(counts.type, ir.Undefined), n_classes, ir.Constant(ir.IntType(32), 0))
+    limit = builder.shuffle_vector(limit, ir.Constant(counts.type, ir.Undefined), _mask([0] * lanes))
+    return builder.icmp_unsigned("<", counts, limit)
+
+
+def _masked_name(op, lane_ty):
+    """The mangled name of ``llvm.masked.<op>`` on ``lane_ty``: LLVM 17 and
+    later name the (opaque) pointer "p0", earlier ones its pointee too."""
+    vector = f"v{lane_ty.count}{'f32' if lane_ty.element == ir.FloatType() else 'f64'}"
+    return f"llvm.masked.{op}.{vector}.p0" + ("" if _OPAQUE_POINTERS else vector)
+
+
+_OPAQUE_POINTERS = llvm_binding.llvm_version_info[0] >= 17
+
+
+def _masked_load(builder, pointer, mask, lane_ty, align):
+    """``llvm.masked.load``: the lanes of ``mask`` from ``pointer``, 0 elsewhere;
+    memory under the other lanes is not touched."""
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(lane_ty, [pointer.type, i32, mask.type, lane_ty])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, _masked_name("load", lane_ty))
+    return builder.call(fn, [pointer, ir.Constant(i32, align), mask, ir.Constant(lane_ty, None)])
+
+
+def _masked_store(builder, vector, pointer, mask, align):
+    """``llvm.masked.store``: the lanes of ``mask`` to ``pointer``; memory under
+    the other lanes is not touched."""
+    i32 = ir.IntType(32)
+    lane_ty = vector.type
+    fnty = ir.FunctionType(ir.VoidType(), [lane_ty, pointer.type, i32, mask.type])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, _masked_name("store", lane_ty))
+    builder.call(fn, [vector, pointer, ir.Constant(i32, align), mask])
+
+
+def _move_square(builder, row_at, class_at, lanes, lane_ty, align, to_tile, last_row_mask=None):
+    """One square: ``lanes`` row vectors <-> ``lanes`` class vectors. With
+    ``last_row_mask`` the last row is read or written by a masked access."""
+    if to_tile:
+        square = [builder.load(row_at(k), align=align) for k in range(lanes)] if last_row_mask is None else (
+            [builder.load(row_at(k), align=align) for k in range(lanes - 1)]
+            + [_masked_load(builder, row_at(lanes - 1), last_row_mask, lane_ty, align)])
+        columns = _square_transpose(builder, square)
+        for k in reversed(range(lanes)):  # the real class C - 1 last, over any clamped padding (narrow rows)
+            builder.store(columns[k], class_at(k), align=align)
+    else:
+        rows_out = _square_transpose(builder, [builder.load(class_at(k), align=align) for k in range(lanes)])
+        for k in range(lanes - 1):  # in row order: a narrow row's spill is mended by the next row's store
+            builder.store(rows_out[k], row_at(k), align=align)
+        if last_row_mask is None:
+            builder.store(rows_out[lanes - 1], row_at(lanes - 1), align=align)
+        else:
+            _masked_store(builder, rows_out[lanes - 1], row_at(lanes - 1), last_row_mask, align)
+
+
 def _square_blocks(builder, rows, tile, row0, n_rows, lanes, lane_ty, align, to_tile):
     """Move a tile by squares of ``lanes`` rows x ``lanes`` classes.
 
@@ -155,32 +218,67 @@ def _square_blocks(builder, rows, tile, row0, n_rows, lanes, lane_ty, align, to_
     C - lanes, overlapping the one before when lanes does not divide C
     (C >= lanes): every load and store stays inside its row, and the classes
     moved twice get the same values twice. One loop over the blocks and
-    one over the groups of rows, whatever C."""
+    one over the groups of rows, whatever C.
+
+    Rows narrower than a vector (C < lanes) are one block, and a full-width
+    access to a row runs into the next one. Inside the tile that is
+    harmless: a load reads the next row, and a store's spill is overwritten
+    by the next row's store, which follows it. Only the tile's last row,
+    whose next row may be another thread's or past the array, is read and
+    written by a masked access of its C elements. (All masked, the tile
+    moves were slower than the element loops from memory, float64 C = 7
+    fused 11 -> 16 ns a row, and a masked store of a whole row slowed the
+    squares of C >= lanes too: masked accesses seem not to train the
+    hardware prefetchers, and a masked store to a line not in cache is
+    slow.) The square's lanes from C up are padding: their class addresses
+    are clamped to C - 1, so nothing outside the tile's C class vectors is
+    touched either."""
     intp = row0.type
     n_classes = cgutils.unpack_tuple(builder, rows.shape)[1]
     step = ir.Constant(intp, lanes)
-    n_blocks = builder.udiv(builder.add(n_classes, ir.Constant(intp, lanes - 1)), step)
-    last = builder.sub(n_classes, step)
-    with cgutils.for_range(builder, ir.Constant(intp, n_rows // lanes)) as groups:
-        lane0 = builder.mul(groups.index, step)
-        with cgutils.for_range(builder, n_blocks) as blocks:
-            start = builder.mul(blocks.index, step)
-            col0 = builder.select(builder.icmp_unsigned(">", start, last), last, start)
+    n_groups = ir.Constant(intp, n_rows // lanes)
 
-            def row_at(b):  # &rows[row0 + lane0 + b, col0]
-                r = builder.add(builder.add(row0, lane0), ir.Constant(intp, b))
-                return builder.bitcast(builder.gep(rows.data, [builder.add(builder.mul(r, n_classes), col0)]),
-                                       lane_ty.as_pointer())
+    def row_addresses(lane0, col0):
+        def row_at(b):  # &rows[row0 + lane0 + b, col0]
+            r = builder.add(builder.add(row0, lane0), ir.Constant(intp, b))
+            return builder.bitcast(builder.gep(rows.data, [builder.add(builder.mul(r, n_classes), col0)]),
+                                   lane_ty.as_pointer())
 
-            def class_at(k):  # &tile[(col0 + k) * n_rows + lane0]
-                c = builder.add(col0, ir.Constant(intp, k))
-                return builder.bitcast(builder.gep(tile.data, [builder.add(builder.mul(c, ir.Constant(intp, n_rows)), lane0)]),
-                                       lane_ty.as_pointer())
+        return row_at
 
-            source, target = (row_at, class_at) if to_tile else (class_at, row_at)
-            square = [builder.load(source(k), align=align) for k in range(lanes)]
-            for k, vector in enumerate(_square_transpose(builder, square)):
-                builder.store(vector, target(k), align=align)
+    def class_addresses(lane0, col0, clamp):
+        def class_at(k):  # &tile[min(col0 + k, C - 1) * n_rows + lane0]
+            c = builder.add(col0, ir.Constant(intp, k))
+            if clamp:
+                c = builder.select(builder.icmp_unsigned("<", c, n_classes), c, builder.sub(n_classes, ir.Constant(intp, 1)))
+            return builder.bitcast(builder.gep(tile.data, [builder.add(builder.mul(c, ir.Constant(intp, n_rows)), lane0)]),
+                                   lane_ty.as_pointer())
+
+        return class_at
+
+    narrow_rows = _config.SQUARE_MIN_CLASSES[align] < lanes
+    is_narrow = builder.icmp_unsigned("<", n_classes, step) if narrow_rows else ir.Constant(ir.IntType(1), 0)
+    with builder.if_else(is_narrow) as (narrow, wide):
+        with narrow:  # a constant false branch, which LLVM drops, when no C below lanes takes squares
+            if narrow_rows:
+                zero = ir.Constant(intp, 0)
+                with cgutils.for_range(builder, builder.sub(n_groups, ir.Constant(intp, 1))) as groups:
+                    lane0 = builder.mul(groups.index, step)
+                    _move_square(builder, row_addresses(lane0, zero), class_addresses(lane0, zero, True), lanes, lane_ty,
+                                 align, to_tile)
+                lane0 = ir.Constant(intp, n_rows - lanes)
+                _move_square(builder, row_addresses(lane0, zero), class_addresses(lane0, zero, True), lanes, lane_ty,
+                             align, to_tile, _row_mask(builder, n_classes, lanes))
+        with wide:
+            n_blocks = builder.udiv(builder.add(n_classes, ir.Constant(intp, lanes - 1)), step)
+            last = builder.sub(n_classes, step)
+            with cgutils.for_range(builder, n_groups) as groups:
+                lane0 = builder.mul(groups.index, step)
+                with cgutils.for_range(builder, n_blocks) as blocks:
+                    start = builder.mul(blocks.index, step)
+                    col0 = builder.select(builder.icmp_unsigned(">", start, last), last, start)
+                    _move_square(builder, row_addresses(lane0, col0), class_addresses(lane0, col0, False), lanes,
+                                 lane_ty, align, to_tile)
 
 
 def _transpose_intrinsic(move_block, to_tile, doc):
@@ -221,7 +319,8 @@ def _transpose_intrinsic(move_block, to_tile, doc):
                     move_block(builder, builder.gep(rows.data, [first]), tile_at, c, lanes, lane_ty, block_ty, align)
 
             shuffled = _switch_on_classes(builder, n_classes, SHUFFLE_CLASSES[size], emit)
-            wide = builder.and_(builder.not_(shuffled), builder.icmp_signed(">=", n_classes, ir.Constant(n_classes.type, lanes)))
+            smallest = ir.Constant(n_classes.type, _config.SQUARE_MIN_CLASSES[size])
+            wide = builder.and_(builder.not_(shuffled), builder.icmp_signed(">=", n_classes, smallest))
             with builder.if_then(wide):
                 _square_blocks(builder, rows, tile, row0, n_rows, lanes, lane_ty, align, to_tile)
             return builder.or_(shuffled, wide)
@@ -253,7 +352,7 @@ else:  # NUMBA_DISABLE_JIT=1 (coverage runs): the same moves in NumPy
     def rows_to_tile(rows, row0, tile, tile_rows):
         """``tile[c * tile_rows + b] = rows[row0 + b, c]`` if C is in SHUFFLE_CLASSES."""
         c = rows.shape[1]
-        if c not in SHUFFLE_CLASSES[rows.itemsize] and c < LANES[rows.itemsize]:
+        if c not in SHUFFLE_CLASSES[rows.itemsize] and c < _config.SQUARE_MIN_CLASSES[rows.itemsize]:
             return False
         tile[: c * tile_rows] = np.ascontiguousarray(rows[row0 : row0 + tile_rows].T).reshape(-1)
         return True
@@ -261,7 +360,7 @@ else:  # NUMBA_DISABLE_JIT=1 (coverage runs): the same moves in NumPy
     def tile_to_rows(rows, row0, tile, tile_rows):
         """``rows[row0 + b, c] = tile[c * tile_rows + b]`` if C is in SHUFFLE_CLASSES."""
         c = rows.shape[1]
-        if c not in SHUFFLE_CLASSES[rows.itemsize] and c < LANES[rows.itemsize]:
+        if c not in SHUFFLE_CLASSES[rows.itemsize] and c < _config.SQUARE_MIN_CLASSES[rows.itemsize]:
             return False
         rows[row0 : row0 + tile_rows] = tile[: c * tile_rows].reshape(c, tile_rows).T
         return True

@@ -32,13 +32,13 @@ def store(rows, row0, tile):
 def test_round_trip_against_numpy_transpose(rng, dtype):
     size = np.dtype(dtype).itemsize
     lanes = LANES[size]
-    squares = [lanes, lanes + 1, 2 * lanes - 1, 2 * lanes, 2 * lanes + 3, _config.TILE_MAX_CLASSES[size]]
+    squares = [lanes - 2, lanes, lanes + 1, 2 * lanes - 1, 2 * lanes, 2 * lanes + 3, _config.TILE_MAX_CLASSES[size]]
     for c in sorted(set(range(1, SHUFFLE_CLASSES[size][-1] + 3)) | {lanes - 1, *squares}):
         n, row0 = 3 * B + 5, B + 3  # a tile that starts off any vector boundary
         rows = rng.standard_normal((n, c)).astype(dtype)
         sentinel = np.array(-7.0, dtype)
         tile = np.full(c * B + 4, sentinel)
-        shuffled = c in SHUFFLE_CLASSES[size] or c >= lanes
+        shuffled = c in SHUFFLE_CLASSES[size] or c >= _config.SQUARE_MIN_CLASSES[size]
         assert load(rows, row0, tile) is shuffled
         if not shuffled:
             assert (tile == sentinel).all()  # declined: nothing written
@@ -57,6 +57,7 @@ def test_limits_are_the_measured_ones():
     assert SHUFFLE_CLASSES[8] == tuple(range(2, _config.SHUFFLE_MAX_CLASSES[8] + 1))
     for size, classes in SHUFFLE_CLASSES.items():
         assert max(classes) <= _config.TILE_MAX_CLASSES[size]
+        assert _config.SHUFFLE_MAX_CLASSES[size] < _config.SQUARE_MIN_CLASSES[size] <= LANES[size]
 
 
 def test_moves_bits_not_values():
@@ -75,7 +76,8 @@ def _edges():
     for dtype in (np.float32, np.float64):
         size = np.dtype(dtype).itemsize
         top = _config.SHUFFLE_MAX_CLASSES[size]
-        for c in sorted({2, 3, top, top + 1, LANES[size] - 1, LANES[size], LANES[size] + 3}):
+        square = _config.SQUARE_MIN_CLASSES[size]
+        for c in sorted({2, 3, top, top + 1, square - 1, square, LANES[size] - 1, LANES[size], LANES[size] + 3}):
             yield dtype, c
 
 
