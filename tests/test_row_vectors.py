@@ -5,6 +5,7 @@ multiple of SUM_LANES they touch and non-finite values in the overlap."""
 
 import numpy as np
 import pytest
+from numba import njit
 
 import fastxent as fx
 from fastxent import _config, kernels
@@ -95,3 +96,38 @@ def test_check_labels_in_groups(rng, n):
         for check in (kernels.check_labels, kernels.check_labels_serial):
             bad, total = check(broken, weight, 7, -100)
             assert bad == first and np.isnan(total)
+
+
+@njit(cache=True)
+def _row_maxima(x, out):
+    for i in range(x.shape[0]):
+        out[i] = kernels._row_max(x, i)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", [3, L - 1, L, L + 1, 2 * L + 7, 1000])
+def test_row_max_skips_nans_in_every_lane(rng, dtype, n_classes):
+    """The row max of the row path (lanes and a tree from SUM_LANES classes
+    up) against np.nanmax, with the largest value, NaNs and infinities in
+    the first lane, the main groups, and the overlapping last group."""
+    rows = []
+    for place in sorted({0, 1, L - 1, min(L, n_classes - 1), n_classes // 2, n_classes - 2, n_classes - 1}):
+        place = max(0, min(place, n_classes - 1))
+        row = rng.standard_normal(n_classes)
+        row[place] = 9.0  # the largest
+        rows.append(row)
+        with_nan = row.copy()
+        with_nan[(place + 1) % n_classes] = np.nan
+        with_nan[0] = np.nan if place else with_nan[0]
+        rows.append(with_nan)
+        with_inf = row.copy()
+        with_inf[place] = np.inf
+        rows.append(with_inf)
+    rows.append(np.full(n_classes, -np.inf))
+    x = np.array(rows, dtype=dtype)
+    out = np.empty(len(rows), dtype)
+    _row_maxima(x, out)
+    np.testing.assert_array_equal(out, np.nanmax(x, axis=1))
+    all_nan = np.full((1, n_classes), np.nan, dtype)
+    _row_maxima(all_nan, out[:1])
+    assert np.isnan(out[0]) if n_classes < L else out[0] == -np.inf
