@@ -8,8 +8,8 @@ import os
 
 # Fast-math flags for the max of a row shorter than SUM_LANES, the one
 # reduction left to LLVM to vectorize: ``reassoc`` lets it reorder the
-# maxima, which cannot change the result (a max is exact). Sums are never reassociated: LLVM's order then
-# depends on how a kernel was compiled, and a kernel compiled in-process and
+# maxima, which cannot change the result (a max is exact). Sums are never
+# reassociated: LLVM's order then depends on how a kernel was compiled, and a kernel compiled in-process and
 # the same kernel loaded from Numba's disk cache were measured to differ in
 # the last bit (kernels.py, "Sums along a row"). ``nnan`` and ``ninf`` are
 # absent: with them LLVM may delete the NaN checks and treat the -inf of a

@@ -19,14 +19,16 @@ run-time loops): C = 2: 0.29 / 3.2; 4: 0.81 / 6.3; 8: 2.6 / 9.7;
 output vector draws from C input vectors), so past a measured C the
 loops win in the kernels (``_config.SHUFFLE_MAX_CLASSES``).
 
-Above SHUFFLE_CLASSES a tile moves instead by squares of LANES rows x
-LANES classes: LANES row loads, an in-register transpose of log2(LANES)
-rounds of shuffles, LANES stores, whatever C. Rows narrower than a vector
-(float32 C = 13 to 15, float64 C = 7) are read and written by masked loads
-and stores: in the kernels (one thread, tiles in cache, ns per row, loops
--> masked squares) float32 C = 13 fused 15.5 -> 6.7, loss 9.7 -> 4.9;
-float64 C = 7 fused 11.0 -> 7.4. Below that the shuffles win (float32 C =
-5: fused 3.2 against 4.4 for masked squares; float64 C = 3: 3.7 / 4.8). Measured the
+From ``_config.SQUARE_MIN_CLASSES`` up a tile moves instead by squares of
+LANES rows x LANES classes: LANES row loads, an in-register transpose of
+log2(LANES) rounds of shuffles, LANES stores, whatever C. Float32 rows of
+13 to 15 classes are narrower than a vector; the last row of a tile is
+moved by a masked load and store (`_square_blocks`). In the kernels (one
+thread, tiles in cache, ns per row, loops -> squares): float32 C = 13
+fused 15.5 -> 6.7, loss 9.7 -> 4.9. Float64 C = 7 keeps the loops
+(faster in cache, slower from memory), and below the shuffle limits the
+shuffles win (float32 C = 5: fused 3.2 against 4.4; float64 C = 3: 3.7 /
+4.8). Measured the
 same way (load and store, ns per row, squares / loops): float32 C = 16:
 1.4 / 7.9; 32: 2.7 / 15.0; 64: 6.3 / 29.5; 96: 10.5 / 44.0; float64 16:
 2.3 / 9.0; 32: 4.2 / 15.4. In the kernels (fused, 2 threads, 8M elements,
@@ -256,7 +258,7 @@ def _square_blocks(builder, rows, tile, row0, n_rows, lanes, lane_ty, align, to_
 
         return class_at
 
-    narrow_rows = _config.SQUARE_MIN_CLASSES[align] < lanes
+    narrow_rows = _config.SQUARE_MIN_CLASSES[align] < lanes  # align is the element size
     is_narrow = builder.icmp_unsigned("<", n_classes, step) if narrow_rows else ir.Constant(ir.IntType(1), 0)
     with builder.if_else(is_narrow) as (narrow, wide):
         with narrow:  # a constant false branch, which LLVM drops, when no C below lanes takes squares
