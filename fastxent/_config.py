@@ -108,6 +108,28 @@ SHUFFLE_MAX_CLASSES = {4: 12, 8: 6}
 # 10: fused 6.1 -> 5.8 ns a row, loss 3.9 -> 4.1).
 SQUARE_MIN_CLASSES = {4: 13, 8: 8}
 
+# A tile kernel asks for the memory of the tile PREFETCH_TILES ahead
+# while it computes the current one (`kernels._prefetch_bytes`, lines of
+# CACHE_LINE bytes): a class's share of the next tile's logits in each
+# class step of the max loop, of its gradient (for writing) in each step of
+# the gradient loop, its labels or targets at once. With the hardware
+# prefetchers alone a tile's compute and its memory stalls added up.
+# Measured (2 threads, 8M elements, time over np.copyto, interleaved in one
+# process, two processes; before -> after), fused and loss only: float32
+# C = 4: 2.3 -> 1.9 and 1.5 -> 1.5; C = 10: 1.5 -> 1.4 and 1.0 -> 1.0;
+# C = 32: 1.8 -> 1.1-1.3 and 1.1 -> 0.7; C = 128: 1.7-2.0 -> 1.2-1.4 and
+# 1.0-1.2 -> 0.7-0.8; float64 C = 4: 2.5 -> 1.6 and 1.8 -> 1.3; C = 10:
+# 1.7-1.9 -> 1.4 and 1.1 -> 1.0; C = 32: 1.8-2.0 -> 1.5 and 1.1 -> 0.9.
+# All at once at the start of a tile, the requests slowed tiles of 2.5 KiB
+# or more (float64 C = 10: fused 1.9 -> 2.4). The logits are asked for only
+# when a tile holds more than PREFETCH_LOGITS_ABOVE bytes of them: below,
+# the hardware keeps up and the requests cost (float32 C = 2: loss 2.0 ->
+# 2.2; with the labels and gradient alone 2.1 -> 2.0 fused, 1.8 -> 1.8
+# loss). Float64 C = 7 (tiles by element loops) is 3-5% slower.
+PREFETCH_TILES = 1
+CACHE_LINE = 64
+PREFETCH_LOGITS_ABOVE = 1024
+
 # A group of rows (below) holds at least GROUP_MIN_ELEMENTS logits: a
 # group costs about 0.16 us (a call passing a dozen arrays, with their
 # reference counts), and with one row a group below 256 rows that was most

@@ -19,6 +19,7 @@ or near the subnormal range, are flushed to zero; overflow gives +inf,
 import math
 
 import numpy as np
+from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import config, njit, types
 from numba.core import cgutils, ir_utils
@@ -117,6 +118,33 @@ if _JIT:
             return context.make_tuple(builder, sig.return_type, [f, builder.sitofp(e, args[0].type)])
 
         return sig, codegen
+
+    def _prefetch_intrinsic(write):
+        def prefetch(typingctx, arr, offset):
+            if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
+                return None
+
+            def codegen(context, builder, sig, args):
+                data = context.make_array(arr)(context, builder, value=args[0]).data
+                i8p = ir.IntType(8).as_pointer()
+                i32 = ir.IntType(32)
+                pointer = builder.gep(builder.bitcast(data, i8p), [args[1]])  # not inbounds: a hint past the end is legal
+                name = "llvm.prefetch.p0" if llvm_binding.llvm_version_info[0] >= 17 else "llvm.prefetch.p0i8"
+                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name)
+                # (address, 1 = for a write, locality 3 = keep in every cache level, 1 = data)
+                builder.call(fn, [pointer, ir.Constant(i32, int(write)), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                return context.get_dummy_value()
+
+            return types.void(arr, offset), codegen
+
+        prefetch.__doc__ = (
+            f"Ask for the cache line holding byte ``offset`` of ``arr``'s data, to be "
+            f"{'written' if write else 'read'} soon (``llvm.prefetch``: a hint, which never faults)."
+        )
+        return intrinsic(prefetch)
+
+    prefetch_read = _prefetch_intrinsic(False)
+    prefetch_write = _prefetch_intrinsic(True)
 
     @intrinsic
     def stack_empty(typingctx, like, size):
@@ -221,6 +249,12 @@ else:  # NUMBA_DISABLE_JIT=1 (coverage runs): plain Python equivalents
     def exp2_int(n):
         """2**n for an integral float n in the normal exponent range."""
         return type(n)(math.ldexp(1.0, int(n)))
+
+    def prefetch_read(arr, offset):
+        """A hint without effect on results: nothing to do."""
+
+    def prefetch_write(arr, offset):
+        """A hint without effect on results: nothing to do."""
 
     def stack_empty(like, size):
         """An uninitialised 1-D array of ``size`` elements of ``like``'s dtype."""

@@ -69,7 +69,8 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from . import _config
-from ._fastmath import borrowed, cast_like, exp_nonpositive, fast_tanh, log_sum, maxnum, stack_empty
+from ._fastmath import (borrowed, cast_like, exp_nonpositive, fast_tanh, log_sum, maxnum, prefetch_read,
+                        prefetch_write, stack_empty)
 from ._shuffle import rows_to_tile, tile_to_rows
 
 #: Pass as ``weight`` for unweighted classes (float64; its dtype is unused).
@@ -771,6 +772,30 @@ def _tile_store(T, out, r0, nb):
             out[r0 + b, c] = T[c * B + b]
 
 
+PREFETCH_TILES = _config.PREFETCH_TILES
+PREFETCH_LOGITS_ABOVE = _config.PREFETCH_LOGITS_ABOVE
+CACHE_LINE = _config.CACHE_LINE
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _prefetch_bytes(arr, start, n_bytes, write):
+    """Ask for the cache lines of bytes start..start + n_bytes of ``arr``'s
+    data (those inside it), to be read, or written when ``write``: a hint,
+    results do not change."""
+    stop = min(start + n_bytes, arr.size * arr.itemsize)
+    if start >= stop:
+        return
+    for offset in range(start, stop, CACHE_LINE):
+        if write:
+            prefetch_write(arr, offset)
+        else:
+            prefetch_read(arr, offset)
+    if write:  # the last line, which the stride may have stepped over
+        prefetch_write(arr, stop - 1)
+    else:
+        prefetch_read(arr, stop - 1)
+
+
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _tile_sum_exps(T, n_classes, m, s, store):
     """s[b] = sum_c exp(T[c * TILE_ROWS + b] - m[b]), down each lane in class
@@ -845,11 +870,15 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
     two = one + one
     weighted = weight.shape[0] != 0
     store = row_loss.shape[0] != 0
+    share_bytes = B * x.itemsize  # one class of a tile: 1 / C of its bytes
+    fetch_logits = n_classes * share_bytes > PREFETCH_LOGITS_ABOVE
     for b in range(B):
         acc[b] = 0.0
     for blk in range(blk0, blk1):
         r0 = blk * B
         nb = min(B, n - r0)
+        ahead = r0 + PREFETCH_TILES * B
+        ahead_bytes = ahead * n_classes * x.itemsize
         _tile_load(x, r0, nb, T)
         if nb == B:  # a constant tile length: the labels are one contiguous load
             _tile_labels(labels, r0, B, weight, ignore_index, n_classes, keep, y, state, mass)
@@ -858,7 +887,14 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
         for b in range(B):
             m[b] = T[b]
             xy[b] = T[b] if y[b] == zero else zero
+        # The next tile's memory is asked for a class's share at a time, over
+        # this tile's loops (see `_config.PREFETCH_TILES`).
+        _prefetch_bytes(labels, ahead * labels.itemsize, B * labels.itemsize, False)
+        if fetch_logits:
+            _prefetch_bytes(x, ahead_bytes, share_bytes, False)
         for c in range(1, n_classes):
+            if fetch_logits:
+                _prefetch_bytes(x, ahead_bytes + c * share_bytes, share_bytes, False)
             cf = cast_like(x, c)
             for b in range(B):
                 t = T[np.uint64(c * B + b)]  # see "Unsigned indices": a signed index here made every load a gather
@@ -903,6 +939,8 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
                 share[b] = spread_scale if state[b] == zero else zero
                 mass[b] *= scale
             for c in range(n_classes):
+                if not inplace:
+                    _prefetch_bytes(g, ahead_bytes + c * share_bytes, share_bytes, True)
                 w = cast_like(x, weight[c]) if weighted else cast_like(x, 1.0)
                 cf = cast_like(x, c)
                 if spread == zero:
@@ -955,21 +993,29 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
     zero = cast_like(x, 0.0)
     weighted = weight.shape[0] != 0
     store = row_loss.shape[0] != 0
+    share_bytes = B * x.itemsize  # see `_labels_tiles` for the prefetches
+    fetch_logits = n_classes * share_bytes > PREFETCH_LOGITS_ABOVE
     for b in range(B):
         acc[b] = 0.0
     for blk in range(blk0, blk1):
         r0 = blk * B
         nb = min(B, n - r0)
+        ahead_bytes = (r0 + PREFETCH_TILES * B) * n_classes * x.itemsize
         _tile_load(x, r0, nb, T)
         _tile_load(t, r0, nb, Q)
         for b in range(B):
             m[b] = T[b]
             dot[b] = zero
             mass[b] = zero
+        if fetch_logits:
+            _prefetch_bytes(x, ahead_bytes, share_bytes, False)
         for c in range(1, n_classes):
+            if fetch_logits:
+                _prefetch_bytes(x, ahead_bytes + c * share_bytes, share_bytes, False)
             for b in range(B):
                 m[b] = maxnum(m[b], T[np.uint64(c * B + b)])  # see "Unsigned indices"
         for c in range(n_classes):
+            _prefetch_bytes(t, ahead_bytes + c * share_bytes, share_bytes, False)
             w = cast_like(x, weight[c]) if weighted else cast_like(x, 1.0)
             for b in range(B):
                 q = keep * Q[c * B + b] + spread
@@ -991,6 +1037,8 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
                 row_loss[np.uint64(r0 + b)] = dot[b]
         if with_grad:
             for c in range(n_classes):
+                if not inplace:
+                    _prefetch_bytes(g, ahead_bytes + c * share_bytes, share_bytes, True)
                 for b in range(B):
                     T[c * B + b] = s[b] * T[c * B + b] - scale * Q[c * B + b]
             _tile_store(T, g, r0, nb)
@@ -1483,13 +1531,20 @@ def _softmax_tiles(x, out, blk0, blk1, log):
     T = stack_empty(x, TILE_ELEMENTS)
     m = stack_empty(x, B)  # row max
     s = stack_empty(x, B)  # sum of exps, then its log (log) or inverse
+    share_bytes = B * x.itemsize  # see `_labels_tiles` for the prefetches
+    fetch_logits = n_classes * share_bytes > PREFETCH_LOGITS_ABOVE
     for blk in range(blk0, blk1):
         r0 = blk * B
         nb = min(B, n - r0)
+        ahead_bytes = (r0 + PREFETCH_TILES * B) * n_classes * x.itemsize
         _tile_load(x, r0, nb, T)
         for b in range(B):
             m[b] = T[b]
+        if fetch_logits:
+            _prefetch_bytes(x, ahead_bytes, share_bytes, False)
         for c in range(1, n_classes):
+            if fetch_logits:
+                _prefetch_bytes(x, ahead_bytes + c * share_bytes, share_bytes, False)
             for b in range(B):
                 m[b] = maxnum(m[b], T[np.uint64(c * B + b)])  # see "Unsigned indices"
         _tile_sum_exps(T, n_classes, m, s, not log)
@@ -1497,12 +1552,14 @@ def _softmax_tiles(x, out, blk0, blk1, log):
             for b in range(B):
                 s[b] = log_sum(s[b])
             for c in range(n_classes):
+                _prefetch_bytes(out, ahead_bytes + c * share_bytes, share_bytes, True)
                 for b in range(B):
                     T[c * B + b] = (T[c * B + b] - m[b]) - s[b]
         else:
             for b in range(B):
                 s[b] = cast_like(x, 1.0) / s[b]
             for c in range(n_classes):
+                _prefetch_bytes(out, ahead_bytes + c * share_bytes, share_bytes, True)
                 for b in range(B):
                     T[c * B + b] *= s[b]
         _tile_store(T, out, r0, nb)
