@@ -129,6 +129,17 @@ SQUARE_MIN_CLASSES = {4: 13, 8: 8}
 PREFETCH_TILES = 1
 CACHE_LINE = 64
 PREFETCH_LOGITS_ABOVE = 1024
+# The row kernels ask for the next row's logits at the start of a row whose
+# bytes lie in PREFETCH_ROW_BYTES. Measured as above, fused and loss only
+# (two processes): float32 C = 512 1.3-2.1 -> 1.1-1.3 and 1.6-1.8 -> 1.0,
+# C = 1000 1.6-1.8 -> 1.3-1.4 and 1.3-1.5 -> 0.9-1.0; float64 C = 256
+# 1.5-2.7 -> 1.1-2.2 and 1.3-2.7 -> 0.9-1.7; probability targets and
+# log_softmax gained alike. Float64 C = 512 (4096 bytes) gained in the loss
+# but lost with probability targets (1.7-2.4 -> 2.0-2.5) and in log_softmax;
+# longer rows lost (float32 C = 4000 fused 1.15 -> 1.4-1.55, C = 32000 1.1
+# -> 1.25), and so did asking for the gradient (float64 C = 512 fused 1.2
+# -> 1.7). Rows shorter than 2048 bytes did not gain.
+PREFETCH_ROW_BYTES = (2048, 4000)
 
 # A group of rows (below) holds at least GROUP_MIN_ELEMENTS logits: a
 # group costs about 0.16 us (a call passing a dozen arrays, with their

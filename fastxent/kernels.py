@@ -730,6 +730,40 @@ def _sum_groups(partial, n_groups):
     return total
 
 
+PREFETCH_TILES = _config.PREFETCH_TILES
+PREFETCH_LOGITS_ABOVE = _config.PREFETCH_LOGITS_ABOVE
+PREFETCH_ROW_BYTES = _config.PREFETCH_ROW_BYTES
+CACHE_LINE = _config.CACHE_LINE
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _prefetch_bytes(arr, start, n_bytes, write):
+    """Ask for the cache lines of bytes start..start + n_bytes of ``arr``'s
+    data (those inside it), to be read, or written when ``write``: a hint,
+    results do not change."""
+    stop = min(start + n_bytes, arr.size * arr.itemsize)
+    if start >= stop:
+        return
+    for offset in range(start, stop, CACHE_LINE):
+        if write:
+            prefetch_write(arr, offset)
+        else:
+            prefetch_read(arr, offset)
+    if write:  # the last line, which the stride may have stepped over
+        prefetch_write(arr, stop - 1)
+    else:
+        prefetch_read(arr, stop - 1)
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _prefetch_next_row(x, i):
+    """At row i of a C-contiguous ``x``, ask for row i + 1 when rows are
+    PREFETCH_ROW_BYTES long (see `_config.PREFETCH_ROW_BYTES`)."""
+    row_bytes = x.shape[1] * x.itemsize
+    if PREFETCH_ROW_BYTES[0] <= row_bytes <= PREFETCH_ROW_BYTES[1]:
+        _prefetch_bytes(x, (i + 1) * row_bytes, row_bytes, False)
+
+
 @njit(**_config.ROW_ELEMENTWISE)
 def _labels_rows(x, labels, start, stop, weight, ignore_index, keep, spread, wsum, z_loss, cap, scale, g, row_loss, lse,
                  with_grad, inplace, options):
@@ -737,6 +771,7 @@ def _labels_rows(x, labels, start, stop, weight, ignore_index, keep, spread, wsu
     store = row_loss.shape[0] != 0
     total = 0.0
     for i in range(start, stop):
+        _prefetch_next_row(x, i)
         loss = _labels_row(x, i, labels[i], weight, ignore_index, keep, spread, wsum, z_loss, cap, scale, g, lse,
                            with_grad, inplace, options)
         if store:
@@ -770,30 +805,6 @@ def _tile_store(T, out, r0, nb):
     for b in range(nb):
         for c in range(out.shape[1]):
             out[r0 + b, c] = T[c * B + b]
-
-
-PREFETCH_TILES = _config.PREFETCH_TILES
-PREFETCH_LOGITS_ABOVE = _config.PREFETCH_LOGITS_ABOVE
-CACHE_LINE = _config.CACHE_LINE
-
-
-@njit(inline="always", **_config.ROW_ELEMENTWISE)
-def _prefetch_bytes(arr, start, n_bytes, write):
-    """Ask for the cache lines of bytes start..start + n_bytes of ``arr``'s
-    data (those inside it), to be read, or written when ``write``: a hint,
-    results do not change."""
-    stop = min(start + n_bytes, arr.size * arr.itemsize)
-    if start >= stop:
-        return
-    for offset in range(start, stop, CACHE_LINE):
-        if write:
-            prefetch_write(arr, offset)
-        else:
-            prefetch_read(arr, offset)
-    if write:  # the last line, which the stride may have stepped over
-        prefetch_write(arr, stop - 1)
-    else:
-        prefetch_read(arr, stop - 1)
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
@@ -1056,6 +1067,7 @@ def _probs_group(x, t, grp, tiled, per_group, weight, keep, spread, scale, g, ro
     store = row_loss.shape[0] != 0
     total = 0.0
     for i in range(start, min(x.shape[0], start + per_group)):
+        _prefetch_next_row(x, i)
         loss = _probs_row(x, i, t, weight, keep, spread, scale, g, with_grad, inplace)
         if store:
             row_loss[i] = loss
@@ -1574,6 +1586,7 @@ def _softmax_group(x, out, grp, tiled, per_group, log):
         _softmax_tiles(x, out, start, min(n_tiles, start + per_group), log)
         return
     for i in range(start, min(x.shape[0], start + per_group)):
+        _prefetch_next_row(x, i)
         if log:
             _log_softmax_row(x, i, out)
         else:
