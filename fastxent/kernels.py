@@ -756,6 +756,19 @@ def _prefetch_bytes(arr, start, n_bytes, write):
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _prefetch_tile_share(arr, r0, c, write, above):
+    """At the tile of rows r0.. of a 2-D C-contiguous ``arr``, ask for class
+    c's share (1 / C of the bytes) of the tile PREFETCH_TILES ahead, when a
+    tile of ``arr`` holds more than ``above`` bytes (see
+    `_config.PREFETCH_TILES`). Called once per class step of a tile loop,
+    the requests spread over the tile's compute."""
+    share_bytes = TILE_ROWS * arr.itemsize
+    if arr.shape[1] * share_bytes > above:
+        ahead = r0 + PREFETCH_TILES * TILE_ROWS
+        _prefetch_bytes(arr, (ahead * arr.shape[1] + c * TILE_ROWS) * arr.itemsize, share_bytes, write)
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _prefetch_next_row(x, i):
     """At row i of a C-contiguous ``x``, ask for row i + 1 when rows are
     PREFETCH_ROW_BYTES long (see `_config.PREFETCH_ROW_BYTES`)."""
@@ -881,15 +894,11 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
     two = one + one
     weighted = weight.shape[0] != 0
     store = row_loss.shape[0] != 0
-    share_bytes = B * x.itemsize  # one class of a tile: 1 / C of its bytes
-    fetch_logits = n_classes * share_bytes > PREFETCH_LOGITS_ABOVE
     for b in range(B):
         acc[b] = 0.0
     for blk in range(blk0, blk1):
         r0 = blk * B
         nb = min(B, n - r0)
-        ahead = r0 + PREFETCH_TILES * B
-        ahead_bytes = ahead * n_classes * x.itemsize
         _tile_load(x, r0, nb, T)
         if nb == B:  # a constant tile length: the labels are one contiguous load
             _tile_labels(labels, r0, B, weight, ignore_index, n_classes, keep, y, state, mass)
@@ -900,12 +909,11 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
             xy[b] = T[b] if y[b] == zero else zero
         # The next tile's memory is asked for a class's share at a time, over
         # this tile's loops (see `_config.PREFETCH_TILES`).
+        ahead = r0 + PREFETCH_TILES * B
         _prefetch_bytes(labels, ahead * labels.itemsize, B * labels.itemsize, False)
-        if fetch_logits:
-            _prefetch_bytes(x, ahead_bytes, share_bytes, False)
+        _prefetch_tile_share(x, r0, 0, False, PREFETCH_LOGITS_ABOVE)
         for c in range(1, n_classes):
-            if fetch_logits:
-                _prefetch_bytes(x, ahead_bytes + c * share_bytes, share_bytes, False)
+            _prefetch_tile_share(x, r0, c, False, PREFETCH_LOGITS_ABOVE)
             cf = cast_like(x, c)
             for b in range(B):
                 t = T[np.uint64(c * B + b)]  # see "Unsigned indices": a signed index here made every load a gather
@@ -951,7 +959,7 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
                 mass[b] *= scale
             for c in range(n_classes):
                 if not inplace:
-                    _prefetch_bytes(g, ahead_bytes + c * share_bytes, share_bytes, True)
+                    _prefetch_tile_share(g, r0, c, True, 0)
                 w = cast_like(x, weight[c]) if weighted else cast_like(x, 1.0)
                 cf = cast_like(x, c)
                 if spread == zero:
@@ -1004,29 +1012,24 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
     zero = cast_like(x, 0.0)
     weighted = weight.shape[0] != 0
     store = row_loss.shape[0] != 0
-    share_bytes = B * x.itemsize  # see `_labels_tiles` for the prefetches
-    fetch_logits = n_classes * share_bytes > PREFETCH_LOGITS_ABOVE
     for b in range(B):
         acc[b] = 0.0
     for blk in range(blk0, blk1):
         r0 = blk * B
         nb = min(B, n - r0)
-        ahead_bytes = (r0 + PREFETCH_TILES * B) * n_classes * x.itemsize
         _tile_load(x, r0, nb, T)
         _tile_load(t, r0, nb, Q)
         for b in range(B):
             m[b] = T[b]
             dot[b] = zero
             mass[b] = zero
-        if fetch_logits:
-            _prefetch_bytes(x, ahead_bytes, share_bytes, False)
+        _prefetch_tile_share(x, r0, 0, False, PREFETCH_LOGITS_ABOVE)  # see `_labels_tiles`
         for c in range(1, n_classes):
-            if fetch_logits:
-                _prefetch_bytes(x, ahead_bytes + c * share_bytes, share_bytes, False)
+            _prefetch_tile_share(x, r0, c, False, PREFETCH_LOGITS_ABOVE)
             for b in range(B):
                 m[b] = maxnum(m[b], T[np.uint64(c * B + b)])  # see "Unsigned indices"
         for c in range(n_classes):
-            _prefetch_bytes(t, ahead_bytes + c * share_bytes, share_bytes, False)
+            _prefetch_tile_share(t, r0, c, False, 0)
             w = cast_like(x, weight[c]) if weighted else cast_like(x, 1.0)
             for b in range(B):
                 q = keep * Q[c * B + b] + spread
@@ -1049,7 +1052,7 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
         if with_grad:
             for c in range(n_classes):
                 if not inplace:
-                    _prefetch_bytes(g, ahead_bytes + c * share_bytes, share_bytes, True)
+                    _prefetch_tile_share(g, r0, c, True, 0)
                 for b in range(B):
                     T[c * B + b] = s[b] * T[c * B + b] - scale * Q[c * B + b]
             _tile_store(T, g, r0, nb)
@@ -1543,20 +1546,15 @@ def _softmax_tiles(x, out, blk0, blk1, log):
     T = stack_empty(x, TILE_ELEMENTS)
     m = stack_empty(x, B)  # row max
     s = stack_empty(x, B)  # sum of exps, then its log (log) or inverse
-    share_bytes = B * x.itemsize  # see `_labels_tiles` for the prefetches
-    fetch_logits = n_classes * share_bytes > PREFETCH_LOGITS_ABOVE
     for blk in range(blk0, blk1):
         r0 = blk * B
         nb = min(B, n - r0)
-        ahead_bytes = (r0 + PREFETCH_TILES * B) * n_classes * x.itemsize
         _tile_load(x, r0, nb, T)
         for b in range(B):
             m[b] = T[b]
-        if fetch_logits:
-            _prefetch_bytes(x, ahead_bytes, share_bytes, False)
+        _prefetch_tile_share(x, r0, 0, False, PREFETCH_LOGITS_ABOVE)  # see `_labels_tiles`
         for c in range(1, n_classes):
-            if fetch_logits:
-                _prefetch_bytes(x, ahead_bytes + c * share_bytes, share_bytes, False)
+            _prefetch_tile_share(x, r0, c, False, PREFETCH_LOGITS_ABOVE)
             for b in range(B):
                 m[b] = maxnum(m[b], T[np.uint64(c * B + b)])  # see "Unsigned indices"
         _tile_sum_exps(T, n_classes, m, s, not log)
@@ -1564,14 +1562,14 @@ def _softmax_tiles(x, out, blk0, blk1, log):
             for b in range(B):
                 s[b] = log_sum(s[b])
             for c in range(n_classes):
-                _prefetch_bytes(out, ahead_bytes + c * share_bytes, share_bytes, True)
+                _prefetch_tile_share(out, r0, c, True, 0)
                 for b in range(B):
                     T[c * B + b] = (T[c * B + b] - m[b]) - s[b]
         else:
             for b in range(B):
                 s[b] = cast_like(x, 1.0) / s[b]
             for c in range(n_classes):
-                _prefetch_bytes(out, ahead_bytes + c * share_bytes, share_bytes, True)
+                _prefetch_tile_share(out, r0, c, True, 0)
                 for b in range(B):
                     T[c * B + b] *= s[b]
         _tile_store(T, out, r0, nb)
