@@ -825,6 +825,27 @@ def _tile_sum_exps(T, n_classes, m, s, store):
     """s[b] = sum_c exp(T[c * TILE_ROWS + b] - m[b]), down each lane in class
     order; the exps replace T when ``store``."""
     B = TILE_ROWS
+    if n_classes == 2:
+        # One of a two-class row's shifts is its max's own: 0 (a finite
+        # max) or NaN, or the other is -inf. For such a d, exp(d) is 0 if
+        # d == -inf, else d + 1 (1 or NaN), so each row takes one
+        # polynomial exp and the results are those of the loop below.
+        zero = cast_like(T, 0.0)
+        one = cast_like(T, 1.0)
+        for b in range(B):
+            d0 = T[b] - m[b]
+            d1 = T[B + b] - m[b]
+            first = d0 == zero
+            e = exp_nonpositive(d1 if first else d0)
+            d = d0 if first else d1
+            f = zero if d == -np.inf else d + one
+            e0 = f if first else e
+            e1 = e if first else f
+            if store:
+                T[b] = e0
+                T[B + b] = e1
+            s[b] = (zero + e0) + e1
+        return
     for b in range(B):
         s[b] = cast_like(T, 0.0)
     for c in range(n_classes):
@@ -835,7 +856,16 @@ def _tile_sum_exps(T, n_classes, m, s, store):
             s[b] += e
 
 
-@njit(**_config.ROW_ELEMENTWISE)
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _accumulate_lanes(acc, loss):
+    """acc[b] += loss[b] over a tile's lanes, acc in float64. A loop of its
+    own: in the loop that computes a float32 loss, the float64 lanes made
+    LLVM take 8 lanes a vector for all of it (the log included), not 16."""
+    for b in range(TILE_ROWS):
+        acc[b] += loss[b]
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _tile_labels(labels, r0, nb, weight, ignore_index, n_classes, keep, y, state, mass):
     """The labels of the rows r0..r0 + nb of a tile, per lane b of its TILE_ROWS:
     y[b] the label (-1 for ignored, invalid and padding lanes), state[b] 0 for
@@ -935,9 +965,8 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
             if spread != zero:
                 loss += spread * (wsum * log_s - shift[b])
             loss = zero if state[b] == one else loss
-            loss = nan if state[b] == two else loss
-            xy[b] = loss
-            acc[b] += loss
+            xy[b] = nan if state[b] == two else loss
+        _accumulate_lanes(acc, xy)
         if store:
             for b in range(nb):
                 row_loss[np.uint64(r0 + b)] = xy[b]
@@ -1041,11 +1070,10 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
         for b in range(B):
             log_s = log_sum(s[b])
             loss = mass[b] * log_s - dot[b] if mass[b] != zero else -dot[b]
-            loss = loss if b < nb else zero  # label smoothing gives padding lanes a mass
-            dot[b] = loss
-            acc[b] += loss
+            dot[b] = loss if b < nb else zero  # label smoothing gives padding lanes a mass
             if with_grad:
                 s[b] = scale * mass[b] / s[b]
+        _accumulate_lanes(acc, dot)
         if store:
             for b in range(nb):
                 row_loss[np.uint64(r0 + b)] = dot[b]
