@@ -91,6 +91,43 @@ def test_non_finite_and_bad_rows_inside_a_tile(rng, dtype, label_smoothing):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_two_class_tiles_on_every_pair_of_special_values(dtype):
+    """Two-class tiles take one exp a row (`kernels._tile_sum_exps`): every
+    pair of ordinary and special logits, with either label or ignored, in
+    whole and partial tiles, against the reference and the twins."""
+    import scipy.special as sp
+
+    values = [0.0, -0.0, 1.5, -2.0, 80.0, -1e30, 1e30, np.inf, -np.inf, np.nan]
+    pairs = np.array([(a, b) for a in values for b in values], dtype)
+    logits = np.concatenate([pairs, pairs, pairs])  # 300 rows: four whole tiles and a partial one
+    labels = np.repeat([0, 1, -100], len(pairs))
+    rtol, atol = tolerances(dtype)
+    with np.errstate(all="ignore"):
+        for label_smoothing in (0.0, 0.2):
+            want_rows, want_grad = ref.cross_entropy_with_grad(logits, labels, reduction="none",
+                                                               label_smoothing=label_smoothing)
+            rows, grad = fx.cross_entropy_with_grad(logits, labels, reduction="none", label_smoothing=label_smoothing)
+            np.testing.assert_allclose(rows.astype(np.float64), want_rows, rtol=rtol, atol=atol)
+            np.testing.assert_allclose(grad.astype(np.float64), want_grad, rtol=rtol, atol=atol)
+            serial, serial_rows = np.empty_like(logits), np.empty(len(labels), dtype)
+            kernels.xent_labels_fused_serial(logits, labels, logits[0, :0], -100, label_smoothing, 1.0, serial,
+                                             serial_rows)
+            np.testing.assert_array_equal(serial, grad)
+            np.testing.assert_array_equal(serial_rows, rows)
+            target = np.eye(2, dtype=dtype)[np.maximum(labels[: 2 * len(pairs)], 0)]
+            rows, grad = fx.cross_entropy_with_grad(logits[: 2 * len(pairs)], target, reduction="none",
+                                                    label_smoothing=label_smoothing)
+            np.testing.assert_allclose(rows.astype(np.float64), want_rows[: 2 * len(pairs)], rtol=rtol, atol=atol)
+            np.testing.assert_allclose(grad.astype(np.float64), want_grad[: 2 * len(pairs)], rtol=rtol, atol=atol)
+        posinf = (logits == np.inf).any(axis=1)  # NaN rows here, where scipy gives log_softmax -inf
+        for func, want in ((fx.log_softmax, sp.log_softmax), (fx.softmax, sp.softmax)):
+            got = func(logits)
+            np.testing.assert_allclose(got[~posinf], want(logits[~posinf].astype(np.float64), axis=-1), rtol=rtol,
+                                       atol=atol)
+            assert np.isnan(got[posinf]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_total_without_per_row_losses(rng, dtype):
     """An empty row_loss: nothing stored, the same total."""
     logits, labels, _ = make(rng, (3 * B + 2, 6), dtype, {})
