@@ -1,8 +1,9 @@
 """Stress: parallel kernels and their serial twins agree bit for bit.
 
 Random problems (shapes, dtypes, options, buffer offsets, non-finite rows)
-with two busy processes keeping the cores loaded, in this process (warm
-cache) and in fresh processes with a cold and then a warm disk cache. Each
+in this process and in fresh processes with a cold and then a warm disk
+cache. The runs that compile go first and alone; the runs after them, with
+everything compiled, have two busy processes keeping the cores loaded. Each
 part runs for a bounded time.
 """
 
