@@ -108,30 +108,35 @@ SHUFFLE_MAX_CLASSES = {4: 12, 8: 6}
 # 10: fused 6.1 -> 5.8 ns a row, loss 3.9 -> 4.1).
 SQUARE_MIN_CLASSES = {4: 13, 8: 8}
 
-# A tile kernel asks for the memory of the tile PREFETCH_TILES ahead
-# while it computes the current one (`kernels._prefetch_bytes`, lines of
-# CACHE_LINE bytes): a class's share of the next tile's logits in each
-# class step of the max loop, of its gradient (for writing) in each step of
-# the gradient loop, its labels or targets at once. With the hardware
-# prefetchers alone a tile's compute and its memory stalls added up.
-# Measured (2 threads, 8M elements, time over np.copyto, interleaved in one
+# A tile kernel asks for the memory of a tile ahead while it computes the
+# current one (`kernels._prefetch_bytes`, lines of CACHE_LINE bytes): a
+# class's share of that tile's logits in each class step of the max loop,
+# of its gradient (for writing) in each step of the gradient loop, its
+# labels or targets at once. With the hardware prefetchers alone a tile's
+# compute and its memory stalls added up. Measured with the next tile
+# (2 threads, 8M elements, time over np.copyto, interleaved in one
 # process, two processes; before -> after), fused and loss only: float32
 # C = 4: 2.3 -> 1.9 and 1.5 -> 1.5; C = 10: 1.5 -> 1.4 and 1.0 -> 1.0;
 # C = 32: 1.8 -> 1.1-1.3 and 1.1 -> 0.7; C = 128: 1.7-2.0 -> 1.2-1.4 and
 # 1.0-1.2 -> 0.7-0.8; float64 C = 4: 2.5 -> 1.6 and 1.8 -> 1.3; C = 10:
 # 1.7-1.9 -> 1.4 and 1.1 -> 1.0; C = 32: 1.8-2.0 -> 1.5 and 1.1 -> 0.9.
 # All at once at the start of a tile, the requests slowed tiles of 2.5 KiB
-# or more (float64 C = 10: fused 1.9 -> 2.4). The logits are asked for only
-# when a tile holds more than PREFETCH_LOGITS_ABOVE bytes of them: below,
-# the hardware keeps up and the requests cost (float32 C = 2: loss 2.0 ->
-# 2.2; with the labels and gradient alone 2.1 -> 2.0 fused, 1.8 -> 1.8
-# loss). Outputs (gradient, softmax) are asked for at every C: gating the
-# softmax output by the same threshold made float32 log_softmax at C = 4
-# slower (1.7-2.4 -> 2.3-2.9 times the copy, three processes). Float64
-# C = 7 (tiles by element loops) is 3-5% slower.
-PREFETCH_TILES = 1
+# or more (float64 C = 10: fused 1.9 -> 2.4).
+# The tile asked for is the nearest one at least PREFETCH_AHEAD_BYTES of
+# logits ahead: for tiles of 2 KiB or more the next one, for smaller tiles
+# (float32 C <= 4, float64 C = 2) 2 to 4 tiles ahead. The next tile of
+# 512 bytes is too near to hide the memory's latency: asking for it lost
+# (float32 C = 2 loss 2.0 -> 2.2 times the copy), so the logits of small
+# tiles were left to the hardware. Measured as above, one process, the next
+# tile (logits from 1 KiB tiles up) -> 2 KiB ahead (logits at every C),
+# fused, loss, probability targets and log_softmax: float32 C = 2: 2.7 ->
+# 2.3, 2.2 -> 1.6, 2.7 -> 2.0, 1.7 -> 1.3; C = 4: 2.2 -> 1.7, 1.8 -> 1.2,
+# 2.5 -> 1.75, 1.6 -> 1.25; float64 C = 2: 2.7 -> 2.2, 1.5 -> 1.4, 2.8 ->
+# 2.1, 1.7 -> 1.3; in a second run float32 C = 2 fused 3.5 -> 3.0 and
+# float64 C = 2 loss 1.7 -> 1.2. 4 and 8 KiB ahead measured alike; C >= 8
+# (float64 C >= 4) is unchanged, it still asks for the next tile.
+PREFETCH_AHEAD_BYTES = 2048
 CACHE_LINE = 64
-PREFETCH_LOGITS_ABOVE = 1024
 # The row kernels ask for the next row's logits at the start of a row whose
 # bytes lie in PREFETCH_ROW_BYTES. Measured as above, fused and loss only
 # (two processes): float32 C = 512 1.3-2.1 -> 1.1-1.3 and 1.6-1.8 -> 1.0,

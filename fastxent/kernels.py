@@ -730,8 +730,7 @@ def _sum_groups(partial, n_groups):
     return total
 
 
-PREFETCH_TILES = _config.PREFETCH_TILES
-PREFETCH_LOGITS_ABOVE = _config.PREFETCH_LOGITS_ABOVE
+PREFETCH_AHEAD_BYTES = _config.PREFETCH_AHEAD_BYTES
 PREFETCH_ROW_BYTES = _config.PREFETCH_ROW_BYTES
 CACHE_LINE = _config.CACHE_LINE
 
@@ -756,16 +755,22 @@ def _prefetch_bytes(arr, start, n_bytes, write):
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
-def _prefetch_tile_share(arr, r0, c, write, above):
-    """At the tile of rows r0.. of a 2-D C-contiguous ``arr``, ask for class
-    c's share (1 / C of the bytes) of the tile PREFETCH_TILES ahead, when a
-    tile of ``arr`` holds more than ``above`` bytes (see
-    `_config.PREFETCH_TILES`). Called once per class step of a tile loop,
-    the requests spread over the tile's compute."""
+def _rows_ahead(x):
+    """Rows from a tile to the tile whose memory it asks for: the nearest
+    whole tile at least PREFETCH_AHEAD_BYTES of ``x`` ahead, one tile at least
+    (see `_config.PREFETCH_AHEAD_BYTES`)."""
+    tile_bytes = TILE_ROWS * x.shape[1] * x.itemsize
+    return TILE_ROWS * max(1, (PREFETCH_AHEAD_BYTES + tile_bytes - 1) // tile_bytes)
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _prefetch_tile_share(arr, ahead, c, write):
+    """Ask for class c's share (1 / C of the bytes) of the tile of rows
+    ahead.. of a 2-D C-contiguous ``arr`` (see `_config.PREFETCH_AHEAD_BYTES`).
+    Called once per class step of a tile loop, the requests spread over the
+    tile's compute."""
     share_bytes = TILE_ROWS * arr.itemsize
-    if arr.shape[1] * share_bytes > above:
-        ahead = r0 + PREFETCH_TILES * TILE_ROWS
-        _prefetch_bytes(arr, (ahead * arr.shape[1] + c * TILE_ROWS) * arr.itemsize, share_bytes, write)
+    _prefetch_bytes(arr, (ahead * arr.shape[1] + c * TILE_ROWS) * arr.itemsize, share_bytes, write)
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
@@ -924,6 +929,7 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
     two = one + one
     weighted = weight.shape[0] != 0
     store = row_loss.shape[0] != 0
+    rows_ahead = _rows_ahead(x)
     for b in range(B):
         acc[b] = 0.0
     for blk in range(blk0, blk1):
@@ -938,12 +944,12 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
             m[b] = T[b]
             xy[b] = T[b] if y[b] == zero else zero
         # The next tile's memory is asked for a class's share at a time, over
-        # this tile's loops (see `_config.PREFETCH_TILES`).
-        ahead = r0 + PREFETCH_TILES * B
+        # this tile's loops (see `_config.PREFETCH_AHEAD_BYTES`).
+        ahead = r0 + rows_ahead
         _prefetch_bytes(labels, ahead * labels.itemsize, B * labels.itemsize, False)
-        _prefetch_tile_share(x, r0, 0, False, PREFETCH_LOGITS_ABOVE)
+        _prefetch_tile_share(x, ahead, 0, False)
         for c in range(1, n_classes):
-            _prefetch_tile_share(x, r0, c, False, PREFETCH_LOGITS_ABOVE)
+            _prefetch_tile_share(x, ahead, c, False)
             cf = cast_like(x, c)
             for b in range(B):
                 t = T[np.uint64(c * B + b)]  # see "Unsigned indices": a signed index here made every load a gather
@@ -988,7 +994,7 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
                 mass[b] *= scale
             for c in range(n_classes):
                 if not inplace:
-                    _prefetch_tile_share(g, r0, c, True, 0)
+                    _prefetch_tile_share(g, ahead, c, True)
                 w = cast_like(x, weight[c]) if weighted else cast_like(x, 1.0)
                 cf = cast_like(x, c)
                 if spread == zero:
@@ -1041,6 +1047,7 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
     zero = cast_like(x, 0.0)
     weighted = weight.shape[0] != 0
     store = row_loss.shape[0] != 0
+    rows_ahead = _rows_ahead(x)
     for b in range(B):
         acc[b] = 0.0
     for blk in range(blk0, blk1):
@@ -1052,13 +1059,14 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
             m[b] = T[b]
             dot[b] = zero
             mass[b] = zero
-        _prefetch_tile_share(x, r0, 0, False, PREFETCH_LOGITS_ABOVE)  # see `_labels_tiles`
+        ahead = r0 + rows_ahead
+        _prefetch_tile_share(x, ahead, 0, False)  # see `_labels_tiles`
         for c in range(1, n_classes):
-            _prefetch_tile_share(x, r0, c, False, PREFETCH_LOGITS_ABOVE)
+            _prefetch_tile_share(x, ahead, c, False)
             for b in range(B):
                 m[b] = maxnum(m[b], T[np.uint64(c * B + b)])  # see "Unsigned indices"
         for c in range(n_classes):
-            _prefetch_tile_share(t, r0, c, False, 0)
+            _prefetch_tile_share(t, ahead, c, False)
             w = cast_like(x, weight[c]) if weighted else cast_like(x, 1.0)
             for b in range(B):
                 q = keep * Q[c * B + b] + spread
@@ -1080,7 +1088,7 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
         if with_grad:
             for c in range(n_classes):
                 if not inplace:
-                    _prefetch_tile_share(g, r0, c, True, 0)
+                    _prefetch_tile_share(g, ahead, c, True)
                 for b in range(B):
                     T[c * B + b] = s[b] * T[c * B + b] - scale * Q[c * B + b]
             _tile_store(T, g, r0, nb)
@@ -1574,15 +1582,17 @@ def _softmax_tiles(x, out, blk0, blk1, log):
     T = stack_empty(x, TILE_ELEMENTS)
     m = stack_empty(x, B)  # row max
     s = stack_empty(x, B)  # sum of exps, then its log (log) or inverse
+    rows_ahead = _rows_ahead(x)
     for blk in range(blk0, blk1):
         r0 = blk * B
         nb = min(B, n - r0)
         _tile_load(x, r0, nb, T)
         for b in range(B):
             m[b] = T[b]
-        _prefetch_tile_share(x, r0, 0, False, PREFETCH_LOGITS_ABOVE)  # see `_labels_tiles`
+        ahead = r0 + rows_ahead
+        _prefetch_tile_share(x, ahead, 0, False)  # see `_labels_tiles`
         for c in range(1, n_classes):
-            _prefetch_tile_share(x, r0, c, False, PREFETCH_LOGITS_ABOVE)
+            _prefetch_tile_share(x, ahead, c, False)
             for b in range(B):
                 m[b] = maxnum(m[b], T[np.uint64(c * B + b)])  # see "Unsigned indices"
         _tile_sum_exps(T, n_classes, m, s, not log)
@@ -1590,14 +1600,14 @@ def _softmax_tiles(x, out, blk0, blk1, log):
             for b in range(B):
                 s[b] = log_sum(s[b])
             for c in range(n_classes):
-                _prefetch_tile_share(out, r0, c, True, 0)
+                _prefetch_tile_share(out, ahead, c, True)
                 for b in range(B):
                     T[c * B + b] = (T[c * B + b] - m[b]) - s[b]
         else:
             for b in range(B):
                 s[b] = cast_like(x, 1.0) / s[b]
             for c in range(n_classes):
-                _prefetch_tile_share(out, r0, c, True, 0)
+                _prefetch_tile_share(out, ahead, c, True)
                 for b in range(B):
                     T[c * B + b] *= s[b]
         _tile_store(T, out, r0, nb)
