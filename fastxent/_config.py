@@ -137,17 +137,28 @@ SQUARE_MIN_CLASSES = {4: 13, 8: 8}
 # (float64 C >= 4) is unchanged, it still asks for the next tile.
 PREFETCH_AHEAD_BYTES = 2048
 CACHE_LINE = 64
-# The row kernels ask for the next row's logits at the start of a row whose
-# bytes lie in PREFETCH_ROW_BYTES. Measured as above, fused and loss only
-# (two processes): float32 C = 512 1.3-2.1 -> 1.1-1.3 and 1.6-1.8 -> 1.0,
+# The row kernels ask for the logits of the nearest row at least
+# PREFETCH_AHEAD_BYTES ahead (the next one from 2 KiB up) at the start of a
+# row whose bytes lie in PREFETCH_ROW_BYTES; with probability targets the
+# target row as well. Measured with the next row, fused and loss only (two
+# processes): float32 C = 512 1.3-2.1 -> 1.1-1.3 and 1.6-1.8 -> 1.0,
 # C = 1000 1.6-1.8 -> 1.3-1.4 and 1.3-1.5 -> 0.9-1.0; float64 C = 256
 # 1.5-2.7 -> 1.1-2.2 and 1.3-2.7 -> 0.9-1.7; probability targets and
 # log_softmax gained alike. Float64 C = 512 (4096 bytes) gained in the loss
 # but lost with probability targets (1.7-2.4 -> 2.0-2.5) and in log_softmax;
 # longer rows lost (float32 C = 4000 fused 1.15 -> 1.4-1.55, C = 32000 1.1
 # -> 1.25), and so did asking for the gradient (float64 C = 512 fused 1.2
-# -> 1.7). Rows shorter than 2048 bytes did not gain.
-PREFETCH_ROW_BYTES = (2048, 4000)
+# -> 1.7). Rows shorter than 2048 bytes did not gain from the next row, as
+# tiles of 512 bytes did not from the next tile; 2 KiB ahead they do. Rows
+# of 512 bytes to 2 KiB, no prefetch -> 2 KiB ahead, fused, loss,
+# probability targets (with the target rows) and log_softmax, one process:
+# float32 C = 192 1.7 -> 1.3-1.4, 1.0 -> 0.95, 3.05 -> 2.2, 1.4 -> 1.1-1.2;
+# C = 256 1.9 -> 1.1-1.2, 1.1 -> 0.8-0.9, 3.15 -> 1.8 (2.3-2.4 without the
+# target rows), 1.6 -> 1.1; float64 C = 128 2.1 -> 1.4-1.45, 1.2 -> 0.9-1.0,
+# 3.4 -> 2.0 (2.7), 1.7 -> 1.3-1.45; C = 200 2.0 -> 1.6, 1.5 -> 1.0, 3.25
+# -> 2.6. Asking for the target rows from 2 KiB to 4000 bytes moved float32
+# C = 1000 within the noise (probability targets 2.1 -> 2.2, 2.4 -> 2.5).
+PREFETCH_ROW_BYTES = (512, 4000)
 
 # A group of rows (below) holds at least GROUP_MIN_ELEMENTS logits: a
 # group costs about 0.16 us (a call passing a dozen arrays, with their

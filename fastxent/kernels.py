@@ -775,11 +775,13 @@ def _prefetch_tile_share(arr, ahead, c, write):
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _prefetch_next_row(x, i):
-    """At row i of a C-contiguous ``x``, ask for row i + 1 when rows are
-    PREFETCH_ROW_BYTES long (see `_config.PREFETCH_ROW_BYTES`)."""
+    """At row i of a C-contiguous ``x``, ask for the nearest row at least
+    PREFETCH_AHEAD_BYTES ahead when rows are PREFETCH_ROW_BYTES long (see
+    `_config.PREFETCH_ROW_BYTES`)."""
     row_bytes = x.shape[1] * x.itemsize
     if PREFETCH_ROW_BYTES[0] <= row_bytes <= PREFETCH_ROW_BYTES[1]:
-        _prefetch_bytes(x, (i + 1) * row_bytes, row_bytes, False)
+        ahead = max(1, (PREFETCH_AHEAD_BYTES + row_bytes - 1) // row_bytes)
+        _prefetch_bytes(x, (i + ahead) * row_bytes, row_bytes, False)
 
 
 @njit(**_config.ROW_ELEMENTWISE)
@@ -1107,6 +1109,7 @@ def _probs_group(x, t, grp, tiled, per_group, weight, keep, spread, scale, g, ro
     total = 0.0
     for i in range(start, min(x.shape[0], start + per_group)):
         _prefetch_next_row(x, i)
+        _prefetch_next_row(t, i)
         loss = _probs_row(x, i, t, weight, keep, spread, scale, g, with_grad, inplace)
         if store:
             row_loss[i] = loss
