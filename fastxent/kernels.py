@@ -755,12 +755,17 @@ def _prefetch_bytes(arr, start, n_bytes, write):
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
+def _units_ahead(unit_bytes):
+    """How many units (tiles, rows) of ``unit_bytes`` ahead to ask for: the
+    nearest whole unit at least PREFETCH_AHEAD_BYTES ahead, the next one at
+    least (see `_config.PREFETCH_AHEAD_BYTES`)."""
+    return max(1, (PREFETCH_AHEAD_BYTES + unit_bytes - 1) // unit_bytes)
+
+
+@njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _rows_ahead(x):
-    """Rows from a tile to the tile whose memory it asks for: the nearest
-    whole tile at least PREFETCH_AHEAD_BYTES of ``x`` ahead, one tile at least
-    (see `_config.PREFETCH_AHEAD_BYTES`)."""
-    tile_bytes = TILE_ROWS * x.shape[1] * x.itemsize
-    return TILE_ROWS * max(1, (PREFETCH_AHEAD_BYTES + tile_bytes - 1) // tile_bytes)
+    """Rows from a tile of ``x`` to the tile whose memory it asks for."""
+    return TILE_ROWS * _units_ahead(TILE_ROWS * x.shape[1] * x.itemsize)
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
@@ -774,14 +779,12 @@ def _prefetch_tile_share(arr, ahead, c, write):
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
-def _prefetch_next_row(x, i):
-    """At row i of a C-contiguous ``x``, ask for the nearest row at least
-    PREFETCH_AHEAD_BYTES ahead when rows are PREFETCH_ROW_BYTES long (see
-    `_config.PREFETCH_ROW_BYTES`)."""
+def _prefetch_row_ahead(x, i):
+    """At row i of a C-contiguous ``x``, ask for the row `_units_ahead` rows
+    on when rows are PREFETCH_ROW_BYTES long (see `_config.PREFETCH_ROW_BYTES`)."""
     row_bytes = x.shape[1] * x.itemsize
     if PREFETCH_ROW_BYTES[0] <= row_bytes <= PREFETCH_ROW_BYTES[1]:
-        ahead = max(1, (PREFETCH_AHEAD_BYTES + row_bytes - 1) // row_bytes)
-        _prefetch_bytes(x, (i + ahead) * row_bytes, row_bytes, False)
+        _prefetch_bytes(x, (i + _units_ahead(row_bytes)) * row_bytes, row_bytes, False)
 
 
 @njit(**_config.ROW_ELEMENTWISE)
@@ -791,7 +794,7 @@ def _labels_rows(x, labels, start, stop, weight, ignore_index, keep, spread, wsu
     store = row_loss.shape[0] != 0
     total = 0.0
     for i in range(start, stop):
-        _prefetch_next_row(x, i)
+        _prefetch_row_ahead(x, i)
         loss = _labels_row(x, i, labels[i], weight, ignore_index, keep, spread, wsum, z_loss, cap, scale, g, lse,
                            with_grad, inplace, options)
         if store:
@@ -945,8 +948,8 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
         for b in range(B):
             m[b] = T[b]
             xy[b] = T[b] if y[b] == zero else zero
-        # The next tile's memory is asked for a class's share at a time, over
-        # this tile's loops (see `_config.PREFETCH_AHEAD_BYTES`).
+        # The memory of the tile rows_ahead on is asked for a class's share
+        # at a time, over this tile's loops (see `_config.PREFETCH_AHEAD_BYTES`).
         ahead = r0 + rows_ahead
         _prefetch_bytes(labels, ahead * labels.itemsize, B * labels.itemsize, False)
         _prefetch_tile_share(x, ahead, 0, False)
@@ -1108,8 +1111,8 @@ def _probs_group(x, t, grp, tiled, per_group, weight, keep, spread, scale, g, ro
     store = row_loss.shape[0] != 0
     total = 0.0
     for i in range(start, min(x.shape[0], start + per_group)):
-        _prefetch_next_row(x, i)
-        _prefetch_next_row(t, i)
+        _prefetch_row_ahead(x, i)
+        _prefetch_row_ahead(t, i)
         loss = _probs_row(x, i, t, weight, keep, spread, scale, g, with_grad, inplace)
         if store:
             row_loss[i] = loss
@@ -1625,7 +1628,7 @@ def _softmax_group(x, out, grp, tiled, per_group, log):
         _softmax_tiles(x, out, start, min(n_tiles, start + per_group), log)
         return
     for i in range(start, min(x.shape[0], start + per_group)):
-        _prefetch_next_row(x, i)
+        _prefetch_row_ahead(x, i)
         if log:
             _log_softmax_row(x, i, out)
         else:
