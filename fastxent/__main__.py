@@ -4,7 +4,8 @@
 a table of median times and speed-ups over a grid of shapes and dtypes,
 against the plain NumPy implementation and PyTorch's CPU
 ``F.cross_entropy`` when installed; ``--sweep`` gives the class-count sweep
-as ratios to ``np.copyto``; ``--load N`` runs N busy processes beside it.
+as ratios to ``np.copyto``, each call timed from memory (the caches emptied
+before it); ``--load N`` runs N busy processes beside it.
 """
 
 import argparse
@@ -18,7 +19,7 @@ import numba
 import numpy as np
 
 import fastxent as fx
-from fastxent._timing import interleaved_medians
+from fastxent._timing import evict_caches, interleaved_medians
 from fastxent.baseline import numpy_xent_with_grad, onehot
 
 BENCH_GRID = [
@@ -169,6 +170,7 @@ def _shape_table(grid, rounds, torch, nthreads):
 
 def _sweep_table(classes, dtypes, rounds, torch, sklearn_loss, nthreads):
     print(f"class-count sweep: {SWEEP_ELEMENTS} elements per problem; every column but the last two is a time over np.copyto")
+    print("every timed call starts with the caches emptied (fastxent._timing.evict_caches): times from memory")
     print(
         f"{'dtype':8} {'C':>6} {'rows':>8} {'copy ms':>9} {'fused':>7} {'in-place':>9} {'loss':>7} "
         f"{'log_softmax':>12} {'probs':>7} {'sklearn/fused':>14} {'PyTorch/fused':>14}"
@@ -196,7 +198,7 @@ def _sweep_table(classes, dtypes, rounds, torch, sklearn_loss, nthreads):
                 contenders["sklearn"] = _sklearn_step(sklearn_loss, x, labels, nthreads)
             if torch is not None:
                 contenders["torch"] = _torch_step(torch, x, labels)
-            t = interleaved_medians(contenders, rounds=rounds)
+            t = interleaved_medians(contenders, rounds=rounds, before=evict_caches)
             floor = t["copy"]
             print(
                 f"{np.dtype(dtype).name:8} {c:6d} {n:8d} {floor * 1e3:9.3f} {t['fused'] / floor:7.2f} "

@@ -8,9 +8,32 @@ import time
 
 import numpy as np
 
+# `evict_caches` reads this many bytes of its own. A problem of a few tens
+# of MiB can live in a large last-level cache: on a 2-core Xeon VM whose
+# L3 is listed as 480 MiB, np.copyto of 8M float32 took 2.3 ms run after
+# run, and 4.7 ms once 64 MiB or more of other data had been read in
+# between (256 MiB: 4.75 ms, 1 GiB: 4.74 ms). Which of the two a timing
+# caught depended on what else the benchmark ran (PyTorch's allocations
+# evicted the problem; without PyTorch the copy ran from the cache).
+EVICT_BYTES = 256 * 2**20
+_evict_buffer = []
 
-def interleaved_medians(contenders, rounds=15, min_seconds=0.002):
-    """Median seconds per call of each callable in the dict ``contenders``."""
+
+def evict_caches():
+    """Read EVICT_BYTES of other memory, so that the next call starts with its
+    arrays out of the caches: the memory floor is measured from memory."""
+    if not _evict_buffer:
+        _evict_buffer.append(np.ones(EVICT_BYTES // 8))
+    _evict_buffer[0].sum()
+
+
+def interleaved_medians(contenders, rounds=15, min_seconds=0.002, before=None):
+    """Median seconds per call of each callable in the dict ``contenders``.
+
+    ``before``, when given, runs untimed before each timed sample (e.g.
+    `evict_caches`); a sample is one call unless a call takes less than
+    ``min_seconds``, and then several calls in a row.
+    """
     for f in contenders.values():  # warm-up (compilation, caches, page faults)
         f()
     loops = {}
@@ -29,6 +52,8 @@ def interleaved_medians(contenders, rounds=15, min_seconds=0.002):
     for _ in range(rounds):
         for name, f in contenders.items():
             n = loops[name]
+            if before is not None:
+                before()
             start = time.perf_counter()
             for _ in range(n):
                 f()

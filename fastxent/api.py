@@ -213,8 +213,15 @@ def class_weight(weight, n_classes, dtype, name="weight"):
     return np.ascontiguousarray(weight, dtype=dtype)
 
 
-def prepare(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss=0.0, softcap=None):
-    """Validate cross-entropy arguments; return a `_Problem` or raise."""
+def prepare(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss=0.0, softcap=None,
+            count_in_kernel=False):
+    """Validate cross-entropy arguments; return a `_Problem` or raise.
+
+    ``count_in_kernel``: the caller runs the loss-only kernel and nothing
+    else. For unweighted class indices reduced to a "mean" or "sum" without
+    the z-loss or soft cap, the labels are then left unchecked and
+    ``mean_denominator`` None: see `reduced_loss_counted`.
+    """
     source = as_float_array(logits, "logits")
     dtype = source.dtype
     n_classes = source.shape[-1]
@@ -230,7 +237,11 @@ def prepare(logits, target, weight, ignore_index, reduction, label_smoothing, z_
 
     _refuse_autograd_tensor(target, "target")
     target = np.asarray(target)
-    if target.dtype.kind in "iu":
+    if target.dtype.kind in "iu" and count_in_kernel and reduction != "none" and weight.shape[0] == 0 \
+            and z_loss == 0.0 and softcap == 0.0:
+        labels = labels_array(target, batch_shape, n_classes, ignore_index)
+        target2d, mean_denominator = np.ascontiguousarray(labels).reshape(-1), None
+    elif target.dtype.kind in "iu":
         target2d, mean_denominator = checked_labels(target, batch_shape, n_classes, ignore_index, weight)
     elif target.dtype.kind == "f":
         if z_loss or softcap:
@@ -330,7 +341,7 @@ _FUSED = {
     (False, True): (kernels.xent_probs_fused_inplace, kernels.xent_probs_fused_inplace_serial),
 }
 _LOSS_ONLY = {
-    True: (kernels.xent_labels_loss, kernels.xent_labels_loss_serial),
+    True: (kernels.xent_labels_loss_counted, kernels.xent_labels_loss_counted_serial),
     False: (kernels.xent_probs_loss, kernels.xent_probs_loss_serial),
 }
 # With a z-loss, a soft cap or lse_out (class-index targets), keyed by in place?
@@ -384,7 +395,32 @@ def loss_total(p, row_loss, lse=None):
         return _threading.run(*_LOSS_ONLY_EXT, p.logits.size, p.logits, p.target, *_options(p), p.z_loss, p.softcap,
                               row_loss, lse)
     parallel, serial = _LOSS_ONLY[p.labels]
-    return _threading.run(parallel, serial, p.logits.size, p.logits, p.target, *_options(p), row_loss)
+    total = _threading.run(parallel, serial, p.logits.size, p.logits, p.target, *_options(p), row_loss)
+    return total[0] if p.labels else total  # (total, rows kept) for labels
+
+
+def reduced_loss_counted(p):
+    """The "mean" or "sum" loss of a problem whose labels `prepare` left
+    unchecked, with one read of them instead of two.
+
+    The loss-only kernel counts the rows it kept (valid labels that are not
+    ignore_index), which is the unweighted "mean" denominator once every
+    label is valid. An invalid label makes its row's loss and so the total
+    NaN: only then are the labels checked, to name the first bad one (a NaN
+    total with valid labels comes from the logits and is returned). Measured
+    (2 threads, 8M elements from memory, time over np.copyto, interleaved,
+    two processes; labels checked before -> counted by the kernel): float32
+    C = 2: 1.41-1.47 -> 0.98-1.08; C = 4: 1.06-1.08 -> 0.83; C = 10: 0.85
+    -> 0.75; float64 C = 2: 1.16-1.20 -> 0.91-0.95; C = 4: 1.18-1.22 ->
+    0.99-1.01; C = 10: 1.04 -> 0.94-0.97; C = 1000 unchanged (0.73, 0.76).
+    """
+    total, kept = _threading.run(*_LOSS_ONLY[True], p.logits.size, p.logits, p.target, *_options(p),
+                                 NO_ROW_LOSS[p.dtype])
+    if total != total:
+        bad, _ = check_labels(p.target, p.weight, p.logits.shape[1], p.ignore_index)
+        if bad >= 0:
+            raise invalid_label(p.target[bad], bad, p.shape[:-1], p.logits.shape[1], p.ignore_index)
+    return p.dtype.type(divide(total, kept if p.reduction == "mean" else 1.0))
 
 
 def check_grad_out(p, grad_out, out):
@@ -455,8 +491,11 @@ _LSE_DOC = """    lse_out : ndarray, optional
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
                   z_loss=0.0, softcap=None, out=None, lse_out=None):
-    p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
+    p = prepare(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                count_in_kernel=lse_out is None)
     out = check_loss_out(p, out)
+    if p.mean_denominator is None:
+        return reduced_loss_counted(p)
     lse = check_lse_out(p, lse_out, [("out", out)])
     row_loss = row_loss_buffer(p, out)
     return finish(p, loss_total(p, row_loss, lse), row_loss, _denominator(p), out)

@@ -24,6 +24,9 @@ Conventions shared by all kernels
   would cost a pass over the labels); they never index with it either:
   such a row gets a NaN loss and a NaN gradient. Validate labels with
   ``check_labels`` (one O(N) pass that also gives the mean denominator).
+  ``xent_labels_loss_counted`` also returns how many rows had a valid label
+  that was not ignored: the unweighted mean denominator, with no second
+  pass when the total comes out finite (a bad label makes it NaN).
 - ``weight`` is a 1-D array of per-class weights of the logits' dtype, or
   an empty array (``NO_WEIGHT`` or ``logits[:0, 0]``) for "no weights".
 - ``grad_scale`` multiplies the gradient: ``1 / mean_denominator`` for a
@@ -790,17 +793,22 @@ def _prefetch_row_ahead(x, i):
 @njit(**_config.ROW_ELEMENTWISE)
 def _labels_rows(x, labels, start, stop, weight, ignore_index, keep, spread, wsum, z_loss, cap, scale, g, row_loss, lse,
                  with_grad, inplace, options):
-    """Rows start..stop one at a time; returns their summed loss (float64, row order)."""
+    """Rows start..stop one at a time; returns (their summed loss (float64,
+    row order), the number of rows whose label is valid and not ignored)."""
     store = row_loss.shape[0] != 0
     total = 0.0
+    kept = 0
+    n_classes = x.shape[1]
     for i in range(start, stop):
         _prefetch_row_ahead(x, i)
-        loss = _labels_row(x, i, labels[i], weight, ignore_index, keep, spread, wsum, z_loss, cap, scale, g, lse,
+        y = labels[i]
+        loss = _labels_row(x, i, y, weight, ignore_index, keep, spread, wsum, z_loss, cap, scale, g, lse,
                            with_grad, inplace, options)
+        kept += np.int64((y != ignore_index) & (y >= 0) & (y < n_classes))
         if store:
             row_loss[i] = loss
         total += loss
-    return total
+    return total, kept
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
@@ -904,7 +912,8 @@ def _tile_labels(labels, r0, nb, weight, ignore_index, n_classes, keep, y, state
 
 @njit(**_config.ROW_ELEMENTWISE)
 def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsum, scale, g, row_loss, with_grad, inplace):
-    """Tiles blk0..blk1 of TILE_ROWS rows, class-major; returns their summed loss.
+    """Tiles blk0..blk1 of TILE_ROWS rows, class-major; returns (their summed
+    loss, the number of rows whose label is valid and not ignored).
 
     With rows of a few classes, loops along a row never fill a vector. Each
     tile is therefore transposed into ``T[c * TILE_ROWS + b] = x[r0 + b, c]``
@@ -935,6 +944,7 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
     weighted = weight.shape[0] != 0
     store = row_loss.shape[0] != 0
     rows_ahead = _rows_ahead(x)
+    kept = 0
     for b in range(B):
         acc[b] = 0.0
     for blk in range(blk0, blk1):
@@ -945,6 +955,9 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
             _tile_labels(labels, r0, B, weight, ignore_index, n_classes, keep, y, state, mass)
         else:
             _tile_labels(labels, r0, nb, weight, ignore_index, n_classes, keep, y, state, mass)
+        if not with_grad:  # only the loss-only callers use the count
+            for b in range(B):
+                kept += np.int64(state[b] == zero)  # an integer sum: vectorizes, a float one would not
         for b in range(B):
             m[b] = T[b]
             xy[b] = T[b] if y[b] == zero else zero
@@ -1016,14 +1029,15 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
                         for c in range(n_classes):
                             T[c * B + b] = zero
             _tile_store(T, g, r0, nb)
-    return _lanes_total(acc)
+    return _lanes_total(acc), kept
 
 
 @njit(**_config.ROW_ELEMENTWISE)
 def _labels_group(x, labels, grp, tiled, per_group, weight, ignore_index, keep, spread, wsum, z_loss, cap, scale, g,
                   row_loss, lse, with_grad, inplace, options):
-    """Summed loss of group ``grp`` (see `_groups`), by tiles or by rows.
-    Tiles take no z-loss, soft cap or lse: callers passing them do not tile."""
+    """(Summed loss, rows with a valid label not ignored) of group ``grp``
+    (see `_groups`), by tiles or by rows. Tiles take no z-loss, soft cap or
+    lse: callers passing them do not tile."""
     start = grp * per_group
     if tiled:
         n_tiles = (x.shape[0] + TILE_ROWS - 1) // TILE_ROWS
@@ -1172,8 +1186,8 @@ def xent_labels_fused(logits, labels, weight, ignore_index, label_smoothing, gra
     zero, no_lse = _no_options(logits)
     partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
     for grp in prange(n_groups):
-        partial[grp] = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index, keep, spread, wsum,
-                                     zero, zero, scale, grad, row_loss, no_lse, True, False, False)
+        partial[grp], _ = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index, keep,
+                                        spread, wsum, zero, zero, scale, grad, row_loss, no_lse, True, False, False)
     return _sum_groups(partial, n_groups)
 
 
@@ -1197,16 +1211,27 @@ def xent_labels_fused_inplace(logits, labels, weight, ignore_index, label_smooth
     zero, no_lse = _no_options(logits)
     partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
     for grp in prange(n_groups):
-        partial[grp] = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index, keep, spread, wsum,
-                                     zero, zero, scale, logits, row_loss, no_lse, True, True, False)
+        partial[grp], _ = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index, keep,
+                                        spread, wsum, zero, zero, scale, logits, row_loss, no_lse, True, True, False)
     return _sum_groups(partial, n_groups)
 
 
-def xent_labels_loss(logits, labels, weight, ignore_index, label_smoothing, row_loss):
-    """Per-row losses only (no gradient) for class-index targets.
+def xent_labels_loss_counted(logits, labels, weight, ignore_index, label_smoothing, row_loss):
+    """Per-row losses only (no gradient) for class-index targets, and the
+    number of rows they count.
 
-    Same arguments and return value as `xent_labels_fused` without
-    ``grad_scale`` and ``grad``; reads the logits and writes ``row_loss``.
+    Same arguments as `xent_labels_fused` without ``grad_scale`` and
+    ``grad``; reads the logits and writes ``row_loss``.
+
+    Returns
+    -------
+    (total, kept) : (float, float)
+        ``total`` as `xent_labels_fused` returns it; ``kept`` the number of
+        rows whose label is in ``[0, C)`` and not ``ignore_index``. With no
+        invalid label (the total is then not NaN) and no weight, ``kept`` is
+        the "mean" denominator: a caller that only needs the reduced loss
+        can leave `check_labels` until the total comes out NaN, and read
+        the labels once.
     """
     logits = borrowed(logits)  # see `borrowed`
     labels = borrowed(labels)
@@ -1221,15 +1246,30 @@ def xent_labels_loss(logits, labels, weight, ignore_index, label_smoothing, row_
     tiled, n_groups, per_group = _groups(logits, True)
     zero, no_lse = _no_options(logits)
     partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
+    kept = stack_empty(NO_WEIGHT, SUM_GROUPS)
     for grp in prange(n_groups):
-        partial[grp] = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index, keep, spread, wsum,
-                                     zero, zero, one, logits, row_loss, no_lse, False, False, False)
-    return _sum_groups(partial, n_groups)
+        partial[grp], kept[grp] = _labels_group(logits, labels, np.int64(grp), tiled, per_group, weight, ignore_index,
+                                                keep, spread, wsum, zero, zero, one, logits, row_loss, no_lse, False,
+                                                False, False)
+    return _sum_groups(partial, n_groups), _sum_groups(kept, n_groups)
 
 
 xent_labels_fused, xent_labels_fused_serial = _twins(xent_labels_fused)
 xent_labels_fused_inplace, xent_labels_fused_inplace_serial = _twins(xent_labels_fused_inplace)
-xent_labels_loss, xent_labels_loss_serial = _twins(xent_labels_loss)
+xent_labels_loss_counted, xent_labels_loss_counted_serial = _twins(xent_labels_loss_counted)
+
+
+@njit(**_config.SERIAL)
+def xent_labels_loss(logits, labels, weight, ignore_index, label_smoothing, row_loss):
+    """`xent_labels_loss_counted` returning the summed row losses alone (its
+    loop runs in parallel)."""
+    return xent_labels_loss_counted(logits, labels, weight, ignore_index, label_smoothing, row_loss)[0]
+
+
+@njit(**_config.SERIAL)
+def xent_labels_loss_serial(logits, labels, weight, ignore_index, label_smoothing, row_loss):
+    """`xent_labels_loss_counted_serial` returning the summed row losses alone."""
+    return xent_labels_loss_counted_serial(logits, labels, weight, ignore_index, label_smoothing, row_loss)[0]
 
 
 # --------------------------------------------------------------------------
@@ -1288,8 +1328,8 @@ def xent_labels_fused_ext(logits, labels, weight, ignore_index, label_smoothing,
     _, n_groups, per_group = _groups(logits, False)
     partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
     for grp in prange(n_groups):
-        partial[grp] = _labels_group(logits, labels, np.int64(grp), False, per_group, weight, ignore_index, keep, spread,
-                                     wsum, z, cap, scale, grad, row_loss, lse, True, False, True)
+        partial[grp], _ = _labels_group(logits, labels, np.int64(grp), False, per_group, weight, ignore_index, keep,
+                                        spread, wsum, z, cap, scale, grad, row_loss, lse, True, False, True)
     return _sum_groups(partial, n_groups)
 
 
@@ -1306,14 +1346,14 @@ def xent_labels_fused_inplace_ext(logits, labels, weight, ignore_index, label_sm
     _, n_groups, per_group = _groups(logits, False)
     partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
     for grp in prange(n_groups):
-        partial[grp] = _labels_group(logits, labels, np.int64(grp), False, per_group, weight, ignore_index, keep, spread,
-                                     wsum, z, cap, scale, logits, row_loss, lse, True, True, True)
+        partial[grp], _ = _labels_group(logits, labels, np.int64(grp), False, per_group, weight, ignore_index, keep,
+                                        spread, wsum, z, cap, scale, logits, row_loss, lse, True, True, True)
     return _sum_groups(partial, n_groups)
 
 
 def xent_labels_loss_ext(logits, labels, weight, ignore_index, label_smoothing, z_loss, softcap, row_loss, lse):
     """`xent_labels_loss` with a z-loss, a soft cap and the rows' log-sum-exp
-    (see `xent_labels_fused_ext`)."""
+    (see `xent_labels_fused_ext`); returns the summed row losses alone."""
     logits = borrowed(logits)  # see `borrowed`
     labels = borrowed(labels)
     weight = borrowed(weight)
@@ -1324,8 +1364,8 @@ def xent_labels_loss_ext(logits, labels, weight, ignore_index, label_smoothing, 
     _, n_groups, per_group = _groups(logits, False)
     partial = stack_empty(NO_WEIGHT, SUM_GROUPS)
     for grp in prange(n_groups):
-        partial[grp] = _labels_group(logits, labels, np.int64(grp), False, per_group, weight, ignore_index, keep, spread,
-                                     wsum, z, cap, one, logits, row_loss, lse, False, False, True)
+        partial[grp], _ = _labels_group(logits, labels, np.int64(grp), False, per_group, weight, ignore_index, keep,
+                                        spread, wsum, z, cap, one, logits, row_loss, lse, False, False, True)
     return _sum_groups(partial, n_groups)
 
 

@@ -105,3 +105,25 @@ def test_one_dimensional_logits_are_a_single_row():
     assert loss.shape == () and grad.shape == (3,)
     np.testing.assert_allclose(loss, want_loss[0])
     np.testing.assert_allclose(grad, want_grad[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, c", [(3, 2), (64, 2), (1000, 10), (130, 300)])  # padded tile, tiles, rows
+def test_reduced_loss_counts_its_rows(dtype, n, c):
+    """The loss-only call divides by the rows the kernel counted: the same
+    loss as the fused call (bit for bit) and as the reference, with ignored
+    rows, with every row ignored and with int32 labels."""
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((n, c)).astype(dtype)
+    labels = rng.integers(0, c, n)
+    labels[rng.random(n) < 0.3] = -100
+    rtol = tolerances(dtype)[0]
+    for target in (labels, labels.astype(np.int32)):
+        for reduction in ("mean", "sum"):
+            loss = fx.cross_entropy(logits, target, reduction=reduction)
+            assert loss == fx.cross_entropy_with_grad(logits, target, reduction=reduction)[0]
+            want, _ = ref.cross_entropy_with_grad(logits.astype(np.float64), labels, reduction=reduction)
+            np.testing.assert_allclose(loss, want, rtol=rtol)
+    ignored = np.full(n, -100)
+    assert np.isnan(fx.cross_entropy(logits, ignored))
+    assert fx.cross_entropy(logits, ignored, reduction="sum") == 0

@@ -209,3 +209,27 @@ def test_tensor_requiring_grad_points_to_the_torch_entry_point(which):
     args[which == "target"] = TensorRequiringGrad(args[which == "target"])
     with pytest.raises(TypeError, match=rf"{which} is a tensor that requires grad: use fastxent.torch.cross_entropy"):
         fx.cross_entropy_with_grad(*args)
+
+
+@pytest.mark.parametrize("n, c", [(5000, 2), (300, 300)])  # tiles, rows
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reduced_loss_names_the_first_bad_label(n, c, reduction):
+    """The reduced loss of unweighted labels checks them only once the
+    kernel's total is NaN: the error still names the first bad label, also
+    beside NaN logits, and a NaN from the logits alone is a result."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((n, c))
+    labels = rng.integers(0, c, n)
+    labels[rng.random(n) < 0.1] = -100
+    logits[7, 0] = np.nan
+    labels[7] = 0
+    assert np.isnan(fx.cross_entropy(logits, labels, reduction=reduction))
+    labels[n - 2] = -5
+    labels[n - 40] = c
+    with pytest.raises(ValueError, match=rf"label {c} at index \({n - 40},\) is outside \[0, {c}\)"):
+        fx.cross_entropy(logits, labels, reduction=reduction)
+    logits[7, 0] = 0.0
+    with pytest.raises(ValueError, match=rf"label {c} at index \({n - 40},\)"):
+        fx.cross_entropy(logits, labels, reduction=reduction)
+    with pytest.raises(ValueError, match=rf"label {c} at index \(0, {n - 40}\)"):
+        fx.cross_entropy(logits[None], labels[None], reduction=reduction)

@@ -98,6 +98,28 @@ def test_kernel_variants_agree(rng, dtype, kind):
     np.testing.assert_allclose([t_inplace, t_loss], [t, t], rtol=rtol)
 
 
+@pytest.mark.parametrize("n, c", [(1000, 4), (40, 300)])  # tiles, rows
+def test_loss_kernel_counts_the_rows_it_kept(rng, n, c):
+    """`xent_labels_loss_counted` returns (total, kept): kept counts the
+    labels in [0, C) that are not ignore_index, invalid ones left out (their
+    rows are NaN); `xent_labels_loss` the same total."""
+    logits = rng.standard_normal((n, c))
+    labels = rng.integers(0, c, n)
+    labels[rng.random(n) < 0.2] = 7
+    labels[[3, 11]] = [-1, c]
+    want = int(np.sum((labels != 7) & (labels >= 0) & (labels < c)))
+    for kernel, total_only in [(kernels.xent_labels_loss_counted, kernels.xent_labels_loss),
+                               (kernels.xent_labels_loss_counted_serial, kernels.xent_labels_loss_serial)]:
+        total, kept = kernel(logits, labels, kernels.NO_WEIGHT, 7, 0.0, np.empty(0))
+        assert np.isnan(total) and kept == want
+        ok = np.where((labels < 0) | (labels >= c), 0, labels)
+        total, kept = kernel(logits, ok, kernels.NO_WEIGHT, 7, 0.0, np.empty(0))
+        assert kept == np.sum(ok != 7)
+        assert total_only(logits, ok, kernels.NO_WEIGHT, 7, 0.0, np.empty(0)) == total
+        np.testing.assert_allclose(total, ref.cross_entropy_with_grad(logits, ok, ignore_index=7, reduction="sum")[0],
+                                   rtol=1e-12)
+
+
 def test_validation_helpers():
     labels = np.array([0, 4, -100, 2])
     assert kernels.check_labels(labels, np.array([1.0, 2, 3, 4, 5]), 5, -100) == (-1, 1 + 5 + 3)
