@@ -29,6 +29,10 @@ from numba.np.arrayobj import populate_array
 from ._config import EXP_FLAGS
 
 _JIT = not config.DISABLE_JIT
+# 1.5 * 2**52: a float64 integer n < 2**51 in size plus this is exact, with
+# n + 2**51 in the low bits. _TWO_52_BITS: the bits of 2**52.
+_ROUND_MAGIC_F64 = 6755399441055744.0
+_TWO_52_BITS = 0x4330000000000000
 # No Numba-level inline="always": that would lower these bodies with the
 # caller's fast-math flags (reassoc undoes Cody-Waite). LLVM still inlines them
 # and keeps their own per-instruction flags.
@@ -78,7 +82,10 @@ if _JIT:
         """2**n for an integral float n in the normal exponent range.
 
         Built by writing n + bias into the exponent bits (one integer add,
-        shift and bitcast, all vectorizable).
+        shift and bitcast, all vectorizable). A float64 n becomes an integer
+        by adding 1.5 * 2**52 and reading the low bits: AVX2 has no vector
+        conversion of float64 to int64, and LLVM's ``fptosi`` took four
+        scalar conversions a vector there (the same bits either way).
         """
         if not isinstance(n, types.Float):
             return None
@@ -88,7 +95,12 @@ if _JIT:
             ity, bias, shift = ir.IntType(64), 1023, 52
 
         def codegen(context, builder, sig, args):
-            k = builder.fptosi(args[0], ity)
+            if n == types.float32:
+                k = builder.fptosi(args[0], ity)
+            else:
+                # n + 1.5 * 2**52 is exact for |n| < 2**51; its low bits are
+                # n + 2**51, and the shift drops everything above bit 11.
+                k = builder.bitcast(builder.fadd(args[0], ir.Constant(args[0].type, _ROUND_MAGIC_F64)), ity)
             k = builder.add(k, ir.Constant(ity, bias))
             k = builder.shl(k, ir.Constant(ity, shift))
             return builder.bitcast(k, args[0].type)
@@ -112,10 +124,17 @@ if _JIT:
 
         def codegen(context, builder, sig, args):
             bits = builder.bitcast(args[0], ity)
-            e = builder.sub(builder.lshr(bits, ir.Constant(ity, shift)), ir.Constant(ity, bias))
+            biased = builder.lshr(bits, ir.Constant(ity, shift))
             f_bits = builder.or_(builder.and_(bits, ir.Constant(ity, mant_mask)), ir.Constant(ity, half_bits))
             f = builder.bitcast(f_bits, args[0].type)
-            return context.make_tuple(builder, sig.return_type, [f, builder.sitofp(e, args[0].type)])
+            if x == types.float32:
+                e = builder.sitofp(builder.sub(biased, ir.Constant(ity, bias)), args[0].type)
+            else:
+                # The biased exponent (< 2**12) in the low bits of 2**52 is the
+                # float64 2**52 + biased: no int64 conversion (see exp2_int).
+                as_float = builder.bitcast(builder.or_(biased, ir.Constant(ity, _TWO_52_BITS)), args[0].type)
+                e = builder.fsub(as_float, ir.Constant(args[0].type, 2.0**52 + bias))
+            return context.make_tuple(builder, sig.return_type, [f, e])
 
         return sig, codegen
 
@@ -145,6 +164,29 @@ if _JIT:
 
     prefetch_read = _prefetch_intrinsic(False)
     prefetch_write = _prefetch_intrinsic(True)
+
+    @intrinsic
+    def index_as_float(typingctx, like, k):
+        """The integer ``k``, 0 <= k < 2**51, as a float of ``like``'s dtype
+        (``like`` is an array); other k give unspecified results.
+
+        Written into the low bits of 2**52 and read as a float64, then
+        rounded to float32 if asked: AVX2 has no vector conversion from
+        int64, and LLVM's ``sitofp`` of a tile's labels took one scalar
+        conversion a lane.
+        """
+        if not isinstance(like, types.Array) or not isinstance(like.dtype, types.Float) or not isinstance(k, types.Integer):
+            return None
+        dtype = like.dtype
+
+        def codegen(context, builder, sig, args):
+            i64, f64 = ir.IntType(64), ir.DoubleType()
+            bits = context.cast(builder, args[1], k, types.int64)
+            as_float = builder.bitcast(builder.or_(bits, ir.Constant(i64, _TWO_52_BITS)), f64)
+            v = builder.fsub(as_float, ir.Constant(f64, 2.0**52))
+            return v if dtype == types.float64 else builder.fptrunc(v, context.get_value_type(dtype))
+
+        return dtype(like, k), codegen
 
     @intrinsic
     def stack_empty(typingctx, like, size):
@@ -255,6 +297,10 @@ else:  # NUMBA_DISABLE_JIT=1 (coverage runs): plain Python equivalents
 
     def prefetch_write(arr, offset):
         """A hint without effect on results: nothing to do."""
+
+    def index_as_float(like, k):
+        """The integer ``k`` as a float of ``like``'s dtype."""
+        return like.dtype.type(k)
 
     def stack_empty(like, size):
         """An uninitialised 1-D array of ``size`` elements of ``like``'s dtype."""

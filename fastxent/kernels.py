@@ -72,7 +72,7 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from . import _config
-from ._fastmath import (borrowed, cast_like, exp_nonpositive, fast_tanh, log_sum, maxnum, prefetch_read,
+from ._fastmath import (borrowed, cast_like, exp_nonpositive, fast_tanh, index_as_float, log_sum, maxnum, prefetch_read,
                         prefetch_write, stack_empty)
 from ._shuffle import rows_to_tile, tile_to_rows
 
@@ -904,7 +904,7 @@ def _tile_labels(labels, r0, nb, weight, ignore_index, n_classes, keep, y, state
         ignored = b >= nb or label == ignore_index
         valid = label >= 0 and label < n_classes
         computed = valid and not ignored
-        y[b] = cast_like(y, label) if computed else -one
+        y[b] = index_as_float(y, label if computed else 0) if computed else -one
         state[b] = zero if computed else (one if ignored else one + one)
         w_y = cast_like(y, weight[label if computed else 0]) if weighted else one
         mass[b] = keep * w_y if computed else zero

@@ -6,7 +6,8 @@ from conftest import large
 import numba
 from numba import njit, prange
 
-from fastxent._fastmath import borrowed, exp_nonpositive, fast_exp, fast_tanh, maxnum
+from fastxent._fastmath import (borrowed, exp2_int, exp_nonpositive, fast_exp, fast_tanh, frexp_parts, index_as_float,
+                                maxnum)
 
 
 @njit
@@ -95,6 +96,49 @@ def test_tanh_against_numpy(dtype, ulps):
     special = np.array([np.inf, -np.inf, np.nan], dtype)
     tanh_all(special, special)
     assert special[0] == 1.0 and special[1] == -1.0 and np.isnan(special[2])
+
+
+@njit
+def bit_helpers_all(n, x, k, like, pow2, frac, expo, as_float):
+    for i in range(n.shape[0]):
+        pow2[i] = exp2_int(n[i])
+    for i in range(x.shape[0]):
+        frac[i], expo[i] = frexp_parts(x[i])
+    for i in range(k.shape[0]):
+        as_float[i] = index_as_float(like, k[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exponent_bit_helpers_against_numpy(dtype):
+    """2**n, frexp and the integer-to-float of the labels, built from bits (float64 without an int64 conversion,
+    which AVX2 lacks), exact over their whole documented ranges."""
+    info = np.finfo(dtype)
+    n = np.arange(info.minexp, info.maxexp).astype(dtype)
+    rng = np.random.default_rng(3)
+    x = np.ldexp(rng.uniform(0.5, 1.0, 100_000), rng.integers(info.minexp + 1, info.maxexp + 1, 100_000)).astype(dtype)
+    x = np.concatenate([x, np.array([info.tiny, info.max, 1.0, 0.5, 1.5], dtype)])
+    top = 2**24 if dtype == np.float32 else 2**51  # float32 is exact below 2**24, the classes it allows
+    k = np.concatenate([np.arange(0, 4097), rng.integers(0, top, 10_000), [top - 1]]).astype(np.int64)
+    pow2, frac, expo, as_float = (np.empty(a.shape[0], dtype) for a in (n, x, x, k))
+    bit_helpers_all(n, x, k, np.empty(1, dtype), pow2, frac, expo, as_float)
+    np.testing.assert_array_equal(pow2, np.ldexp(np.ones_like(n), n.astype(np.int32)))
+    want_frac, want_expo = np.frexp(x)
+    np.testing.assert_array_equal(frac, want_frac)
+    np.testing.assert_array_equal(expo, want_expo.astype(dtype))
+    np.testing.assert_array_equal(as_float, k.astype(dtype))
+    assert as_float.dtype == dtype
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="LLVM IR exists in compiled code only")
+def test_float64_bit_helpers_convert_no_int64():
+    """exp, frexp and the labels' float in float64 without ``fptosi``/``sitofp`` of an int64: AVX2 has no vector
+    instruction for either, and LLVM then takes each lane through a scalar conversion."""
+    x = np.ones(8)
+    bit_helpers_all(x, x, np.zeros(8, np.int64), x, x.copy(), x.copy(), x.copy(), x.copy())
+    exp_nonpositive_all(-x, x.copy())
+    for fn in (bit_helpers_all, exp_nonpositive_all):
+        ir = next(text for sig, text in fn.inspect_llvm().items() if sig[0] == numba.float64[::1])
+        assert "fptosi double" not in ir and "sitofp i64" not in ir
 
 
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="views without reference counts exist in compiled code only")
