@@ -167,13 +167,14 @@ if _JIT:
 
     @intrinsic
     def index_as_float(typingctx, like, k):
-        """The integer ``k``, 0 <= k < 2**51, as a float of ``like``'s dtype
-        (``like`` is an array); other k give unspecified results.
+        """The integer ``k`` as a float of ``like``'s dtype (``like`` is an
+        array), for 0 <= k < 2**51 (float64) or 2**24 (float32); other k give
+        unspecified results.
 
-        Written into the low bits of 2**52 and read as a float64, then
-        rounded to float32 if asked: AVX2 has no vector conversion from
-        int64, and LLVM's ``sitofp`` of a tile's labels took one scalar
-        conversion a lane.
+        AVX2 has no vector conversion from int64, and LLVM's ``sitofp`` of a
+        tile's labels took one scalar conversion a lane. So float64 writes k
+        into the low bits of 2**52 and subtracts 2**52; float32 converts the
+        low 32 bits.
         """
         if not isinstance(like, types.Array) or not isinstance(like.dtype, types.Float) or not isinstance(k, types.Integer):
             return None
@@ -182,9 +183,10 @@ if _JIT:
         def codegen(context, builder, sig, args):
             i64, f64 = ir.IntType(64), ir.DoubleType()
             bits = context.cast(builder, args[1], k, types.int64)
+            if dtype == types.float32:
+                return builder.sitofp(builder.trunc(bits, ir.IntType(32)), ir.FloatType())
             as_float = builder.bitcast(builder.or_(bits, ir.Constant(i64, _TWO_52_BITS)), f64)
-            v = builder.fsub(as_float, ir.Constant(f64, 2.0**52))
-            return v if dtype == types.float64 else builder.fptrunc(v, context.get_value_type(dtype))
+            return builder.fsub(as_float, ir.Constant(f64, 2.0**52))
 
         return dtype(like, k), codegen
 

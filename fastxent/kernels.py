@@ -898,16 +898,21 @@ def _tile_labels(labels, r0, nb, weight, ignore_index, n_classes, keep, y, state
     """
     zero = cast_like(y, 0.0)
     one = cast_like(y, 1.0)
-    weighted = weight.shape[0] != 0
+    two = one + one
+    # Conditions combined with & and |, not ``and``/``or`` (branches, which
+    # kept this loop scalar); the weights' gather in a loop of its own.
     for b in range(TILE_ROWS):
         label = labels[np.uint64(r0 + b if b < nb else r0)]  # see "Unsigned indices"
-        ignored = b >= nb or label == ignore_index
-        valid = label >= 0 and label < n_classes
-        computed = valid and not ignored
+        ignored = (b >= nb) | (label == ignore_index)
+        computed = (label >= 0) & (label < n_classes) & (b < nb) & (label != ignore_index)
         y[b] = index_as_float(y, label if computed else 0) if computed else -one
-        state[b] = zero if computed else (one if ignored else one + one)
-        w_y = cast_like(y, weight[label if computed else 0]) if weighted else one
-        mass[b] = keep * w_y if computed else zero
+        state[b] = zero if computed else (one if ignored else two)
+        mass[b] = keep if computed else zero
+    if weight.shape[0] != 0:
+        for b in range(TILE_ROWS):
+            label = labels[np.uint64(r0 + b if b < nb else r0)]
+            w_y = cast_like(y, weight[label if state[b] == zero else 0])
+            mass[b] = mass[b] * w_y if state[b] == zero else zero
 
 
 @njit(**_config.ROW_ELEMENTWISE)
