@@ -33,6 +33,15 @@ _JIT = not config.DISABLE_JIT
 # n + 2**51 in the low bits. _TWO_52_BITS: the bits of 2**52.
 _ROUND_MAGIC_F64 = 6755399441055744.0
 _TWO_52_BITS = 0x4330000000000000
+
+
+def _small_int_as_f64(builder, k, minus):
+    """LLVM IR for the float64 k - minus, for an i64 0 <= k < 2**52: k in the
+    low bits of 2**52, read as a float, less 2**52 + minus (exact for a small
+    minus). AVX2 has no vector ``sitofp`` from int64; this is an or and a
+    subtraction."""
+    as_float = builder.bitcast(builder.or_(k, ir.Constant(ir.IntType(64), _TWO_52_BITS)), ir.DoubleType())
+    return builder.fsub(as_float, ir.Constant(ir.DoubleType(), 2.0**52 + minus))
 # No Numba-level inline="always": that would lower these bodies with the
 # caller's fast-math flags (reassoc undoes Cody-Waite). LLVM still inlines them
 # and keeps their own per-instruction flags.
@@ -130,10 +139,7 @@ if _JIT:
             if x == types.float32:
                 e = builder.sitofp(builder.sub(biased, ir.Constant(ity, bias)), args[0].type)
             else:
-                # The biased exponent (< 2**12) in the low bits of 2**52 is the
-                # float64 2**52 + biased: no int64 conversion (see exp2_int).
-                as_float = builder.bitcast(builder.or_(biased, ir.Constant(ity, _TWO_52_BITS)), args[0].type)
-                e = builder.fsub(as_float, ir.Constant(args[0].type, 2.0**52 + bias))
+                e = _small_int_as_f64(builder, biased, bias)  # the biased exponent is below 2**12
             return context.make_tuple(builder, sig.return_type, [f, e])
 
         return sig, codegen
@@ -172,8 +178,8 @@ if _JIT:
         unspecified results.
 
         AVX2 has no vector conversion from int64, and LLVM's ``sitofp`` of a
-        tile's labels took one scalar conversion a lane. So float64 writes k
-        into the low bits of 2**52 and subtracts 2**52; float32 converts the
+        tile's labels took one scalar conversion a lane. So float64 goes
+        through the bits of 2**52 (`_small_int_as_f64`); float32 converts the
         low 32 bits.
         """
         if not isinstance(like, types.Array) or not isinstance(like.dtype, types.Float) or not isinstance(k, types.Integer):
@@ -181,12 +187,10 @@ if _JIT:
         dtype = like.dtype
 
         def codegen(context, builder, sig, args):
-            i64, f64 = ir.IntType(64), ir.DoubleType()
             bits = context.cast(builder, args[1], k, types.int64)
             if dtype == types.float32:
                 return builder.sitofp(builder.trunc(bits, ir.IntType(32)), ir.FloatType())
-            as_float = builder.bitcast(builder.or_(bits, ir.Constant(i64, _TWO_52_BITS)), f64)
-            return builder.fsub(as_float, ir.Constant(f64, 2.0**52))
+            return _small_int_as_f64(builder, bits, 0)
 
         return dtype(like, k), codegen
 
