@@ -26,7 +26,7 @@ from numba.core import cgutils, ir_utils
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
 
-from ._config import EXP_FLAGS
+from ._config import CACHE_LINE, EXP_FLAGS, STREAM_STORES
 
 _JIT = not config.DISABLE_JIT
 # 1.5 * 2**52: a float64 integer n < 2**51 in size plus this is exact, with
@@ -172,6 +172,86 @@ if _JIT:
     prefetch_write = _prefetch_intrinsic(True)
 
     @intrinsic
+    def stream_copy(typingctx, src, dst, start, n):
+        """``dst.flat[start + k] = src[k]`` for k < n, the whole cache lines of
+        ``dst`` by non-temporal stores (see `_config.STREAM_STORES`).
+
+        A store to a line that is not in cache first reads the line
+        (read for ownership): an output written from memory by plain stores
+        moves its bytes twice. A non-temporal store writes a whole 64-byte
+        line without reading it and without keeping it in cache. Elements
+        before the first and after the last whole line of the range are
+        plain stores; so is all of it when the destination address is not a
+        multiple of the element size, or on a machine without
+        `_config.STREAM_STORES`. ``src`` is read by unaligned vector loads;
+        it is meant to be a small scratch buffer in cache. The stores are
+        weakly ordered: call `store_fence` before other threads read
+        ``dst``. Unchecked: both ranges must lie inside their arrays.
+        """
+        ok = (
+            isinstance(src, types.Array) and isinstance(dst, types.Array) and src.dtype == dst.dtype
+            and isinstance(src.dtype, types.Float) and src.layout == "C" and dst.layout == "C"
+            and isinstance(start, types.Integer) and isinstance(n, types.Integer)
+        )
+        if not ok:
+            return None
+
+        def codegen(context, builder, sig, args):
+            source = context.make_array(sig.args[0])(context, builder, value=args[0]).data
+            target = context.make_array(sig.args[1])(context, builder, value=args[1]).data
+            intp = context.get_value_type(types.intp)
+            first = context.cast(builder, args[2], sig.args[2], types.intp)
+            count = context.cast(builder, args[3], sig.args[3], types.intp)
+            elt = context.get_data_type(sig.args[0].dtype)
+            size = context.get_abi_sizeof(elt)
+            lanes = CACHE_LINE // size
+            line_ty = ir.VectorType(elt, lanes)
+            target = builder.gep(target, [first])
+            address = builder.ptrtoint(target, intp)
+
+            def const(v):
+                return ir.Constant(intp, v)
+
+            def plain(lo, hi):
+                with cgutils.for_range_slice(builder, lo, hi, const(1), intp) as (k, _):
+                    builder.store(builder.load(builder.gep(source, [k])), builder.gep(target, [k]))
+
+            if not STREAM_STORES:
+                plain(const(0), count)
+                return context.get_dummy_value()
+            head = builder.udiv(builder.and_(builder.neg(address), const(CACHE_LINE - 1)), const(size))
+            odd = builder.icmp_unsigned("!=", builder.and_(address, const(size - 1)), const(0))
+            head = builder.select(builder.or_(odd, builder.icmp_unsigned(">", head, count)), count, head)
+            lines = builder.udiv(builder.sub(count, head), const(lanes))
+            tail = builder.add(head, builder.mul(lines, const(lanes)))
+            plain(const(0), head)
+            nontemporal = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+            with cgutils.for_range_slice(builder, head, tail, const(lanes), intp) as (k, _):
+                line = builder.load(builder.bitcast(builder.gep(source, [k]), line_ty.as_pointer()), align=size)
+                stored = builder.store(line, builder.bitcast(builder.gep(target, [k]), line_ty.as_pointer()),
+                                       align=CACHE_LINE)
+                stored.set_metadata("nontemporal", nontemporal)
+            plain(tail, count)
+            return context.get_dummy_value()
+
+        return types.void(src, dst, start, n), codegen
+
+    @intrinsic
+    def store_fence(typingctx):
+        """Order the non-temporal stores of `stream_copy` before every later
+        store (``sfence``): another thread that sees a later store sees them.
+        Nothing on a machine without `_config.STREAM_STORES`."""
+
+        def codegen(context, builder, sig, args):
+            if STREAM_STORES:
+                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                    "llvm.x86.sse.sfence")
+                builder.call(fn, [])
+            return context.get_dummy_value()
+
+        return types.void(), codegen
+
+    @intrinsic
     def index_as_float(typingctx, like, k):
         """The integer ``k`` as a float of ``like``'s dtype (``like`` is an
         array), for 0 <= k < 2**51 (float64) or 2**24 (float32); other k give
@@ -278,11 +358,34 @@ if _JIT:
 
         return rowty(arr), codegen
 
+    @intrinsic
+    def borrowed_rows(typingctx, arr, n_cols):
+        """A 1-D C-contiguous ``arr`` as a (len // n_cols, n_cols) view, without
+        a reference count (as `borrowed`): scratch from `stack_empty` seen as
+        rows. ``n_cols`` must be positive."""
+        if not isinstance(arr, types.Array) or arr.ndim != 1 or arr.layout != "C" or not isinstance(n_cols, types.Integer):
+            return None
+        rowsty = arr.copy(ndim=2, layout="C")
+
+        def codegen(context, builder, sig, args):
+            src = context.make_array(arr)(context, builder, value=args[0])
+            view = context.make_array(rowsty)(context, builder)
+            cols = context.cast(builder, args[1], sig.args[1], types.intp)
+            rows = builder.udiv(builder.extract_value(src.shape, 0), cols)
+            populate_array(
+                view, data=src.data, shape=[rows, cols], strides=[builder.mul(cols, src.itemsize), src.itemsize],
+                itemsize=src.itemsize, meminfo=None,
+            )
+            return view._getvalue()
+
+        return rowsty(arr, n_cols), codegen
+
     def _borrowed_aliases(lhs, args, alias_map, arg_aliases):
         ir_utils._add_alias(lhs, args[0].name, alias_map, arg_aliases)
 
     ir_utils.alias_func_extensions[("borrowed", __name__)] = _borrowed_aliases
     ir_utils.alias_func_extensions[("borrowed_row", __name__)] = _borrowed_aliases
+    ir_utils.alias_func_extensions[("borrowed_rows", __name__)] = _borrowed_aliases
 
 else:  # NUMBA_DISABLE_JIT=1 (coverage runs): plain Python equivalents
 
@@ -303,6 +406,17 @@ else:  # NUMBA_DISABLE_JIT=1 (coverage runs): plain Python equivalents
 
     def prefetch_write(arr, offset):
         """A hint without effect on results: nothing to do."""
+
+    def borrowed_rows(arr, n_cols):
+        """A 1-D ``arr`` as a (len // n_cols, n_cols) view."""
+        return arr[: arr.shape[0] // n_cols * n_cols].reshape((-1, n_cols))
+
+    def stream_copy(src, dst, start, n):
+        """``dst.flat[start + k] = src[k]`` for k < n."""
+        dst.reshape(-1)[start : start + n] = src.reshape(-1)[:n]
+
+    def store_fence():
+        """Store ordering is the interpreter's: nothing to do."""
 
     def index_as_float(like, k):
         """The integer ``k`` as a float of ``like``'s dtype."""

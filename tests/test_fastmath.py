@@ -7,7 +7,7 @@ import numba
 from numba import njit, prange
 
 from fastxent._fastmath import (borrowed, exp2_int, exp_nonpositive, fast_exp, fast_tanh, frexp_parts, index_as_float,
-                                maxnum)
+                                maxnum, store_fence, stream_copy)
 
 
 @njit
@@ -157,3 +157,24 @@ def test_borrowed_views_write_through_inside_prange():
     out = np.zeros(20)
     pair_sums(x, out)
     np.testing.assert_array_equal(out, x[:, 0] + x[:, 1])
+
+
+@njit
+def stream_into(src, dst, start, n):
+    stream_copy(src, dst, start, n)
+    store_fence()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stream_copy_writes_exactly_its_range(dtype):
+    """`stream_copy` at every start and length around a few cache lines, into
+    a 2-D destination: the range gets the source, everything else is untouched
+    (the plain stores before and after the whole lines included)."""
+    src = np.arange(1.0, 81.0).astype(dtype)
+    for start in range(0, 34):
+        for n in range(0, 48):
+            dst = np.full((16, 8), -1.0, dtype)
+            stream_into(src, dst, start, n)
+            want = np.full(128, -1.0, dtype)
+            want[start : start + n] = src[:n]
+            np.testing.assert_array_equal(dst.reshape(-1), want, err_msg=f"start {start}, n {n}")

@@ -11,7 +11,7 @@ import pytest
 import fastxent as fx
 from fastxent import _config, kernels
 import reference as ref
-from conftest import assert_matches_reference, tolerances
+from conftest import assert_matches_reference, large, tolerances
 
 B = _config.TILE_ROWS
 
@@ -229,3 +229,40 @@ def test_probability_targets_non_finite_rows_inside_a_tile(rng, dtype):
         if args:
             np.testing.assert_allclose(args[0][good], want_grad, rtol=rtol, atol=atol)
             assert np.isnan(args[0][3]).all()
+
+
+@large
+@pytest.mark.parametrize("dtype,n_classes", [(np.float32, 16), (np.float32, 100), (np.float64, 8), (np.float64, 40)])
+def test_streamed_outputs_are_the_plain_stores_bits(rng, dtype, n_classes):
+    """Outputs of STREAM_MIN_BYTES or more from tiles of STREAM_MIN_TILE_BYTES
+    or more are written by non-temporal stores (`_config.STREAM_MIN_BYTES`).
+    Calls on such outputs, at several alignments of the output buffer, give
+    the bits of calls on slices of rows too small to stream, and write
+    nothing outside their output."""
+    itemsize = np.dtype(dtype).itemsize
+    assert B * n_classes * itemsize >= _config.STREAM_MIN_TILE_BYTES
+    n = _config.STREAM_MIN_BYTES // (n_classes * itemsize) + 3 * B + 5  # a partial last tile
+    chunk = _config.STREAM_MIN_BYTES // 4 // (n_classes * itemsize)  # rows of the calls that do not stream
+    x = (rng.standard_normal((n, n_classes)) * 3).astype(dtype)
+    labels = rng.integers(0, n_classes, n)
+    labels[rng.random(n) < 0.1] = -100
+    probs = rng.random((n, n_classes)).astype(dtype)
+    probs /= probs.sum(axis=1, keepdims=True)
+    calls = {
+        "labels": lambda rows, out: fx.cross_entropy_with_grad(x[rows], labels[rows], reduction="sum", grad_out=out),
+        "probabilities": lambda rows, out: fx.cross_entropy_with_grad(x[rows], probs[rows], reduction="sum",
+                                                                      grad_out=out),
+        "log_softmax": lambda rows, out: fx.log_softmax(x[rows], out=out),
+        "softmax": lambda rows, out: fx.softmax(x[rows], out=out),
+    }
+    for name, call in calls.items():
+        want = np.empty_like(x)
+        for r0 in range(0, n, chunk):
+            call(slice(r0, r0 + chunk), want[r0 : r0 + chunk])
+        for offset in (0, 1, 3, 8):  # element offsets from a 64-byte boundary, or near one
+            buffer = np.full(x.size + 32, 7.0, dtype)
+            at = offset + (-buffer.ctypes.data // itemsize) % (64 // itemsize)
+            out = buffer[at : at + x.size].reshape(x.shape)
+            call(slice(None), out)
+            np.testing.assert_array_equal(out, want, err_msg=f"{name}, offset {offset}")
+            assert (buffer[:at] == 7.0).all() and (buffer[at + x.size :] == 7.0).all(), name
