@@ -143,21 +143,28 @@ CACHE_LINE = 64
 # non-temporal stores (`_fastmath.stream_copy`) on x86-64 from the tiles of
 # at least STREAM_MIN_TILE_BYTES, through a staging buffer in cache. A plain
 # store to a line not in cache reads the line first; a non-temporal store
-# writes whole lines without reading them. Smaller outputs are left in cache
-# for whatever reads them next. Measured (2 threads, 8M elements, float32 /
-# float64, a 2-thread scaled copy by plain and by non-temporal stores, time
-# over np.copyto): 0.71-0.76 / 0.55-0.59. In the fused kernel (labels,
-# interleaved with plain stores, time over np.copyto, plain -> streamed):
-# float32 C = 16 2.55 -> 2.51, C = 32 2.19 -> 2.12 and 2.28 -> 2.37, C = 64
-# 2.02 -> 2.21 and 1.96 -> 1.82 and 1.68 -> 1.64, C = 128 1.85 -> 1.80,
-# C = 160 2.02 -> 1.98; float64 C = 8 2.36 -> 2.32, C = 16 2.58 -> 1.92,
-# C = 32 2.22 -> 2.03 and 2.45 -> 2.28, C = 96 2.39 -> 2.23. Smaller tiles
-# did not gain (float32 C = 8, 10, 12; float64 C = 5, 6: within 0.05) or
-# lost (float64 C = 4 2.50 -> 2.64, C = 2 2.80 -> 3.9; float32 C = 2 2.9 ->
-# 4.8): the stage of a small tile is read before its stores have left.
+# writes whole lines without reading them, and leaves them out of cache.
+# Measured (2 threads, 8M elements, a 2-thread scaled copy by plain and by
+# non-temporal stores, time over np.copyto): 0.71-0.76 against 0.55-0.59.
+# In the fused kernel (labels, interleaved with plain stores, time over
+# np.copyto, plain -> streamed): float32 C = 16 2.55 -> 2.51, C = 32 2.19
+# -> 2.12 and 2.28 -> 2.37, C = 64 2.02 -> 2.21, 1.96 -> 1.82 and 1.68 ->
+# 1.64, C = 128 1.85 -> 1.80, C = 160 2.02 -> 1.98; float64 C = 8 2.36 ->
+# 2.32, C = 16 2.58 -> 1.92, C = 32 2.22 -> 2.03 and 2.45 -> 2.28, C = 96
+# 2.39 -> 2.23; log_softmax 7 to 14 % faster, probability targets 2 to 9 %
+# (float64 C = 8 3.13 -> 3.18). Smaller tiles did not gain (float32 C = 8,
+# 10, 12; float64 C = 5, 6: within 0.05) or lost (float64 C = 4 2.50 ->
+# 2.64, C = 2 2.80 -> 3.9; float32 C = 2 2.9 -> 4.8): the stage of a small
+# tile is read before its stores have left. Smaller outputs lose what
+# reads them next from cache: fused and then a sum over the gradient,
+# logits from memory, streamed / plain, float32 C = 32 and float64 C = 16:
+# 8 MiB 1.25 and 0.99, 16 MiB 0.91 and 0.97, 32 MiB 0.96 and 0.96, 64 MiB
+# 0.96 and 0.94 (plain / plain at 4 MiB, the same run: 1.06 and 1.04). A
+# constant, not an environment setting: compiled into the kernels, it would
+# not reach kernels loaded from the disk cache.
 STREAM_STORES = platform.machine().lower() in ("x86_64", "amd64")
 STREAM_MIN_TILE_BYTES = 4096
-STREAM_MIN_BYTES = int(os.environ.get("FASTXENT_STREAM_MIN_BYTES", 8 * 2**20))
+STREAM_MIN_BYTES = 16 * 2**20
 # The row kernels ask for the logits of the nearest row at least
 # PREFETCH_AHEAD_BYTES ahead (the next one from 2 KiB up) at the start of a
 # row whose bytes lie in PREFETCH_ROW_BYTES; with probability targets the
