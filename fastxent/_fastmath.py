@@ -186,11 +186,14 @@ if _JIT:
         `_config.STREAM_STORES`. ``src`` is read by unaligned vector loads;
         it is meant to be a small scratch buffer in cache. The stores are
         weakly ordered: call `store_fence` before other threads read
-        ``dst``. Unchecked: both ranges must lie inside their arrays.
+        ``dst``. Unchecked: both ranges must lie inside their arrays, and a
+        ``dst`` typed with layout 'A' must be C-contiguous in fact (the
+        kernels type strided outputs as 'A' and check their flags at run
+        time before they stream).
         """
         ok = (
             isinstance(src, types.Array) and isinstance(dst, types.Array) and src.dtype == dst.dtype
-            and isinstance(src.dtype, types.Float) and src.layout == "C" and dst.layout == "C"
+            and isinstance(src.dtype, types.Float) and src.layout == "C" and dst.layout in ("C", "A")
             and isinstance(start, types.Integer) and isinstance(n, types.Integer)
         )
         if not ok:

@@ -845,9 +845,10 @@ STREAM_MIN_TILE_BYTES = _config.STREAM_MIN_TILE_BYTES
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _streamed(out):
     """Whether the tiles write ``out`` by non-temporal stores (`_stream_tile`;
-    see `_config.STREAM_MIN_BYTES`)."""
-    return (out.size * out.itemsize >= STREAM_MIN_BYTES) & (TILE_ROWS * out.shape[1] * out.itemsize
-                                                             >= STREAM_MIN_TILE_BYTES)
+    see `_config.STREAM_MIN_BYTES`). A strided ``out`` takes plain stores:
+    `stream_copy` writes a contiguous range."""
+    return (out.flags.c_contiguous & (out.size * out.itemsize >= STREAM_MIN_BYTES)
+            & (TILE_ROWS * out.shape[1] * out.itemsize >= STREAM_MIN_TILE_BYTES))
 
 
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
