@@ -878,6 +878,33 @@ def _stream_tile(T, out, r0, nb, stage, staged):
     return r0, nb
 
 
+def _store_tile_or_stage(T, out, r0, nb, stage, staged):
+    """`_tile_store` when ``stage`` is None, else `_stream_tile`; returns
+    what is staged now. Compiled as an overload chosen by the stage's type:
+    a branch on ``stage is None`` in an inlined helper is typed both ways,
+    and `_stream_tile` does not type with a None stage."""
+    if stage is None:
+        _tile_store(T, out, r0, nb)
+        return staged
+    return _stream_tile(T, out, r0, nb, stage, staged)
+
+
+@overload(_store_tile_or_stage, inline="always", jit_options=_config.ROW_ELEMENTWISE)
+def _store_tile_or_stage_typed(T, out, r0, nb, stage, staged):
+    if isinstance(stage, types.NoneType):
+
+        def impl(T, out, r0, nb, stage, staged):
+            _tile_store(T, out, r0, nb)
+            return staged
+
+    else:
+
+        def impl(T, out, r0, nb, stage, staged):
+            return _stream_tile(T, out, r0, nb, stage, staged)
+
+    return impl
+
+
 @njit(inline="always", **_config.ROW_ELEMENTWISE)
 def _flush_stage(stage, out, staged, last):
     """Stream the staged rows ``staged`` = (r0, nb) of a tile to ``out``; when
@@ -1086,10 +1113,7 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
                     if state[b] == one:
                         for c in range(n_classes):
                             T[c * B + b] = zero
-            if stage is None:
-                _tile_store(T, g, r0, nb)
-            else:
-                staged = _stream_tile(T, g, r0, nb, stage, staged)
+            staged = _store_tile_or_stage(T, g, r0, nb, stage, staged)
     if stage is not None:
         _flush_stage(stage, g, staged, True)
     return _lanes_total(acc), kept
@@ -1179,10 +1203,7 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
                     _prefetch_tile_share(g, ahead, c, True)
                 for b in range(B):
                     T[c * B + b] = s[b] * T[c * B + b] - scale * Q[c * B + b]
-            if stage is None:
-                _tile_store(T, g, r0, nb)
-            else:
-                staged = _stream_tile(T, g, r0, nb, stage, staged)
+            staged = _store_tile_or_stage(T, g, r0, nb, stage, staged)
     if stage is not None:
         _flush_stage(stage, g, staged, True)
     return _lanes_total(acc)
@@ -1737,10 +1758,7 @@ def _softmax_tiles(x, out, blk0, blk1, log, stage):
                     _prefetch_tile_share(out, ahead, c, True)
                 for b in range(B):
                     T[c * B + b] *= s[b]
-        if stage is None:
-            _tile_store(T, out, r0, nb)
-        else:
-            staged = _stream_tile(T, out, r0, nb, stage, staged)
+        staged = _store_tile_or_stage(T, out, r0, nb, stage, staged)
     if stage is not None:
         _flush_stage(stage, out, staged, True)
 
