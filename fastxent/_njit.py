@@ -180,6 +180,34 @@ def _denominator_typed(x, labels, weight, ignore_index):
     return impl
 
 
+@njit(**_config.NJIT_API)
+def _one_label_denominator(n_classes, label, w, ignore_index, mean, weighted):
+    """The "mean" denominator of one row labelled ``label`` (1.0 unless
+    ``mean``); ValueError for a label outside [0, C) that is not ignored.
+
+    Takes C, not the logits: the one-sample logits are a borrowed view (see
+    `_rows`), which must not cross a call that is not inlined."""
+    if label != ignore_index and (label < 0 or label >= n_classes):
+        raise ValueError("the label is outside [0, C) and is not ignore_index")
+    if not mean:
+        return 1.0
+    if label == ignore_index:
+        return 0.0
+    return float(w[label]) if weighted else 1.0
+
+
+def _first_label(target):
+    """The first class index of a label array (0 for a probability target,
+    whose calls never take the one-row branch that asks for it)."""
+
+
+@overload(_first_label, inline="always")
+def _first_label_typed(target):
+    if isinstance(target.dtype, types.Integer):
+        return lambda target: np.int64(target[0])
+    return lambda target: np.int64(0)
+
+
 def _is_same_array(a, b):
     """True when a and b are the same elements (the in-place mode)."""
 
@@ -255,6 +283,10 @@ def _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, o
         inplace = _is_same_array(grad, logits)
         if one_label:
             # One sample's scores and its class: the one-row kernel, no batch setup.
+            # The checks are written out here: calling `_one_label_denominator`
+            # in this branch, as `row_entry` does, made the gradient lose its
+            # target term (a Numba inlining problem, not understood; the
+            # tests of one-sample gradients catch it).
             label = np.int64(target)
             if label != ignore_index and (label < 0 or label >= x.shape[1]):
                 raise ValueError("the label is outside [0, C) and is not ignore_index")
@@ -272,12 +304,6 @@ def _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, o
                 y = target
             else:
                 y = _rows(target)
-            if labels:
-                denominator = _denominator(x, y, w, ignore_index)
-            else:
-                denominator = float(x.shape[0])
-            if not mean:
-                denominator = 1.0
             if rows_on_stack:
                 row_loss = stack_empty(x, 1)  # in this frame: lives through the kernel call
             elif rows_allocated:
@@ -286,21 +312,41 @@ def _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, o
                 row_loss = out
             else:
                 row_loss = _empty_like(x)
-            scale = 1.0 / denominator
-            if with_grad and labels:
-                if inplace:
-                    total = fused_inplace(x, y, w, ignore_index, label_smoothing, scale, row_loss)
-                else:
-                    total = fused(x, y, w, ignore_index, label_smoothing, scale, _rows(grad), row_loss)
-            elif with_grad:
-                if inplace:
-                    total = fused_inplace(x, y, w, label_smoothing, scale, row_loss)
-                else:
-                    total = fused(x, y, w, label_smoothing, scale, _rows(grad), row_loss)
-            elif labels:
-                total = loss_only(x, y, w, ignore_index, label_smoothing, row_loss)
+            single = False
+            if label_array:
+                single = x.shape[0] == 1 and y.shape[0] == 1
+            if single:
+                # A batch of one row, (1, C) and one label: the one-row kernel,
+                # which runs the batch kernels' row helper (the same bits)
+                # without their setup, at about half the cost of a batch call.
+                kernels._check_row_loss(x, row_loss)
+                row, denominator = row_entry(x, _first_label(y), w, ignore_index, label_smoothing, _rows(grad),
+                                             inplace)
+                total = float(row)
+                if row_loss.shape[0] != 0:
+                    row_loss[0] = row
             else:
-                total = loss_only(x, y, w, label_smoothing, row_loss)
+                if labels:
+                    denominator = _denominator(x, y, w, ignore_index)
+                else:
+                    denominator = float(x.shape[0])
+                if not mean:
+                    denominator = 1.0
+                scale = 1.0 / denominator
+                if with_grad and labels:
+                    if inplace:
+                        total = fused_inplace(x, y, w, ignore_index, label_smoothing, scale, row_loss)
+                    else:
+                        total = fused(x, y, w, ignore_index, label_smoothing, scale, _rows(grad), row_loss)
+                elif with_grad:
+                    if inplace:
+                        total = fused_inplace(x, y, w, label_smoothing, scale, row_loss)
+                    else:
+                        total = fused(x, y, w, label_smoothing, scale, _rows(grad), row_loss)
+                elif labels:
+                    total = loss_only(x, y, w, ignore_index, label_smoothing, row_loss)
+                else:
+                    total = loss_only(x, y, w, label_smoothing, row_loss)
             if rows_on_stack:
                 total = float(row_loss[0])
         if want_rows and not one_row:
@@ -314,6 +360,20 @@ def _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, o
         if return_grad:
             return grad
         return loss
+
+    @njit(**_config.NJIT_API)
+    def row_entry(x, label, w, ignore_index, label_smoothing, grad2d, inplace):
+        """(Loss of row 0 of x against ``label``, its "mean" denominator) by the
+        one-row kernel; ``grad2d`` is the gradient buffer as (1, C) rows.
+
+        A function of its own, not inlined into ``body``: with a second
+        inlined copy of `kernels.xent_label_row` in ``body`` (the one-sample
+        branch has one) the one-sample gradients lost their target term.
+        """
+        denominator = _one_label_denominator(x.shape[1], label, w, ignore_index, mean, weighted)
+        row = kernels.xent_label_row(x, label, w, ignore_index, label_smoothing, 1.0 / denominator, grad2d,
+                                     with_grad, inplace)
+        return row, denominator
 
     return njit(**_config.NJIT_API)(body)
 

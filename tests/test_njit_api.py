@@ -122,6 +122,51 @@ def test_one_sample_matches_the_reference(dtype, reduction):
     np.testing.assert_allclose(grad_p, want_gp[0], rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("dtype,reduction", [(np.float64, "mean"), (np.float32, "sum"), (np.float64, "none")], ids=str)
+def test_a_batch_of_one_row_gives_the_bits_of_the_python_api(dtype, reduction):
+    """A (1, C) batch takes the one-sample entry inside njit code; the Python
+    API runs the batch kernel on it. Same row helper: the same bits."""
+    fused, loss_fn, grad_fn = compiled(reduction)
+    rng = np.random.default_rng(201)
+    for label, weighted, smoothing in [(3, False, 0.0), (0, True, 0.2), (-100, True, 0.0), (5, False, 0.1)]:
+        logits = (rng.standard_normal((1, 6)) * 3).astype(dtype)
+        weight = (rng.random(6) + 0.5).astype(dtype) if weighted else None
+        labels = np.array([label])
+        opts = dict(weight=weight, ignore_index=-100, reduction=reduction, label_smoothing=smoothing)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            want_loss, want_grad = fx.cross_entropy_with_grad(logits, labels, **opts)
+        grad = np.full_like(logits, np.nan)
+        loss, _ = fused(logits, labels, weight, -100, smoothing, grad)
+        np.testing.assert_array_equal(loss, want_loss)
+        np.testing.assert_array_equal(grad, want_grad)
+        np.testing.assert_array_equal(loss_fn(logits, labels, weight, -100, smoothing), want_loss)
+        np.testing.assert_array_equal(grad_fn(logits, labels, weight, -100, smoothing), want_grad)
+
+    @njit
+    def in_place_with_rows(logits, labels, rows):
+        return fx.cross_entropy_with_grad(logits, labels, reduction="none", out=rows, grad_out=logits)
+
+    logits = rng.standard_normal((1, 5)).astype(dtype)
+    want_loss, want_grad = fx.cross_entropy_with_grad(logits, np.array([4]), reduction="none")
+    rows = np.full(1, np.nan, dtype)
+    loss, grad = in_place_with_rows(logits, np.array([4]), rows)
+    assert np.shares_memory(loss, rows) and np.shares_memory(grad, logits)
+    np.testing.assert_array_equal(rows, want_loss)
+    np.testing.assert_array_equal(logits, want_grad)
+    with pytest.raises(ValueError, match="one entry per row"):
+        in_place_with_rows(logits, np.array([4]), np.empty(2, dtype))
+
+
+def test_a_batch_of_one_row_with_a_bad_label_raises_before_writing():
+    fused, _, _ = compiled("mean")
+    logits = np.zeros((1, 4))
+    grad = np.full((1, 4), 7.0)
+    for bad in (4, -1):
+        with pytest.raises(ValueError, match="outside \\[0, C\\)"):
+            fused(logits, np.array([bad]), None, -100, 0.0, grad)
+    assert np.all(grad == 7.0)
+
+
 def test_one_sample_with_every_option_left_out_matches_the_reference():
     """One row and one integer label, no keyword but the buffer: a policy-gradient step."""
 
