@@ -46,9 +46,12 @@ PARALLEL_MIN_ELEMENTS = int(os.environ.get("FASTXENT_PARALLEL_MIN_ELEMENTS", 819
 # loaded machine a parallel launch can wait a scheduler time slice for a
 # descheduled worker. The way not chosen is tried again after an interval
 # that doubles from PROBE_MIN_SECONDS to PROBE_MAX_SECONDS while the choice
-# stands: under steady load that is one slow call a second at most (under 1%
-# of the time at 8192 x 10), and when the load goes away the parallel kernel
-# is back within two probes. FASTXENT_ADAPTIVE=0 always launches in parallel.
+# stands. The interval counts seconds spent in that shape's calls, not of
+# the wall clock: under steady load that is one slow call per second of
+# calls at most (under 1% of the time at 8192 x 10), when the load goes
+# away the parallel kernel is back within two probes, and a caller that
+# works between its calls does not pay a probe for every second of its own
+# work. FASTXENT_ADAPTIVE=0 always launches in parallel.
 ADAPTIVE_DISPATCH = os.environ.get("FASTXENT_ADAPTIVE", "1") != "0"
 PROBE_MIN_SECONDS = 0.05
 PROBE_MAX_SECONDS = 1.0

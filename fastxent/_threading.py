@@ -61,13 +61,13 @@ def _median(samples):
 class _ShapeStats:
     """What is known about running one bucket of problem shapes."""
 
-    __slots__ = ("parallel", "serial", "best", "next_probe", "interval")
+    __slots__ = ("parallel", "serial", "best", "spent", "interval")
 
     def __init__(self):
         self.parallel = []  # the last three timings, seconds per element, oldest first
         self.serial = []
         self.best = None  # True: parallel; None until both ways have been timed
-        self.next_probe = 0.0
+        self.spent = 0.0  # seconds spent in this bucket's calls since its last probe
         self.interval = _config.PROBE_MIN_SECONDS
 
 
@@ -77,15 +77,20 @@ class Dispatch:
     Statistics are kept per (kernel, rows, classes) bucket, with rows and
     classes rounded to powers of two, in seconds per element. A new bucket
     runs each way until both are timed, then uses the way with the smaller
-    median of its last three timings. The other way is tried again when
-    ``next_probe`` comes. A probe that confirms the choice doubles the
-    interval to the next one, or sets it to 100 times the probe's extra
-    cost if that is longer (so probes cost about 1% of the time), up to
-    ``PROBE_MAX_SECONDS``; a probe that overturns the choice resets it to
-    ``PROBE_MIN_SECONDS``. Both ways give identical bits, so the choice
-    never changes a result. The first call of each kernel through the
-    dispatch is not timed (it may include compiling or loading from the
-    disk cache).
+    median of its last three timings. The other way is tried again once
+    the bucket's own calls have taken ``interval`` seconds since the last
+    probe. A probe that confirms the choice doubles the interval, or sets
+    it to 100 times the probe's extra cost if that is longer (so probes
+    cost about 1% of fastxent's time), up to ``PROBE_MAX_SECONDS``; a probe
+    that overturns the choice resets it to ``PROBE_MIN_SECONDS``. Both ways
+    give identical bits, so the choice never changes a result. The first
+    call of each kernel through the dispatch is not timed (it may include
+    compiling or loading from the disk cache).
+
+    The interval counts the time spent in the calls, not the wall clock:
+    a caller that does other work between calls (a training step, a
+    benchmark that empties the caches) would otherwise pay a probe every
+    ``PROBE_MAX_SECONDS`` of its own work (see the README, "Threads").
     """
 
     def __init__(self, clock=time.perf_counter):
@@ -110,7 +115,7 @@ class Dispatch:
         probe = False
         if stats.best is None:
             parallel = not stats.parallel
-        elif start >= stats.next_probe:
+        elif stats.spent >= stats.interval:
             parallel, probe = not stats.best, True
         else:
             parallel = stats.best
@@ -127,6 +132,7 @@ class Dispatch:
             result = serial_kernel(*args)
             kernel, samples = serial_kernel, stats.serial
         end = self.clock()
+        stats.spent += end - start
         if kernel not in self._warm:
             self._warm.add(kernel)
             return result
@@ -142,7 +148,7 @@ class Dispatch:
                     stats.interval = min(max(2.0 * stats.interval, 100.0 * excess), _config.PROBE_MAX_SECONDS)
                 else:
                     stats.interval = _config.PROBE_MIN_SECONDS
-                stats.next_probe = end + stats.interval
+                stats.spent = 0.0
         return result
 
 

@@ -36,11 +36,11 @@ def machine():
     return m
 
 
-def run_calls(m, n, x=np.zeros((1000, 10))):
+def run_calls(m, n, x=np.zeros((1000, 10)), gap=1e-4):
     start = len(m.calls)
     for _ in range(n):
         m.dispatch.run(m.parallel, m.serial, x.size, (x,))
-        m.now += 1e-4  # the caller's own work between calls
+        m.now += gap  # the caller's own work between calls
     return m.calls[start:]
 
 
@@ -49,6 +49,18 @@ def test_idle_machine_runs_parallel_and_rarely_probes(machine):
     assert calls[:2] == ["parallel", "parallel"] and "serial" in calls[:6]
     assert calls.count("serial") <= 12, "the serial probes back off"
     assert calls[-100:].count("parallel") >= 99
+
+
+def test_probes_cost_little_when_the_caller_works_between_calls(machine):
+    """The probe interval counts the calls' own time: a caller that spends 60 ms
+    between 7 ms calls pays probes of about 1 % of fastxent's time, not one
+    slow call a second."""
+    machine.cost.update(parallel=7e-3, serial=12e-3)
+    calls = run_calls(machine, 300, gap=0.06)  # about 20 s of the caller's work
+    all_parallel = 300 * 7e-3
+    extra = calls.count("serial") * (12e-3 - 7e-3)
+    assert extra <= 0.02 * all_parallel, f"{calls.count('serial')} serial calls of 300"
+    assert calls[-100:].count("parallel") >= 98
 
 
 def test_load_switches_to_serial_and_back(machine):
