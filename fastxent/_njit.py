@@ -31,7 +31,7 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from . import _config, api, kernels
-from ._fastmath import borrowed_row, cast_like, stack_empty
+from ._fastmath import borrowed, borrowed_row, cast_like, stack_empty
 
 _OVERLOAD = dict(jit_options=_config.NJIT_API, prefer_literal=True)
 
@@ -320,8 +320,14 @@ def _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, o
                 # which runs the batch kernels' row helper (the same bits)
                 # without their setup, at about half the cost of a batch call.
                 kernels._check_row_loss(x, row_loss)
-                row, denominator = row_entry(x, _first_label(y), w, ignore_index, label_smoothing, _rows(grad),
-                                             inplace)
+                # Borrowed views (see `_fastmath.borrowed`): the caller's
+                # arrays keep their memory, and the call into `row_entry`
+                # and the row kernel updates no reference counts.
+                x_view = borrowed(x)
+                w_view = borrowed(w)
+                grad_view = borrowed(_rows(grad))
+                row, denominator = row_entry(x_view, _first_label(y), w_view, ignore_index, label_smoothing,
+                                             grad_view, inplace)
                 total = float(row)
                 if row_loss.shape[0] != 0:
                     row_loss[0] = row
