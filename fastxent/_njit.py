@@ -185,8 +185,8 @@ def _one_label_denominator(n_classes, label, w, ignore_index, mean, weighted):
     """The "mean" denominator of one row labelled ``label`` (1.0 unless
     ``mean``); ValueError for a label outside [0, C) that is not ignored.
 
-    Takes C, not the logits: the one-sample logits are a borrowed view (see
-    `_rows`), which must not cross a call that is not inlined."""
+    Takes C, not the logits: the class count and the weight are all it
+    reads."""
     if label != ignore_index and (label < 0 or label >= n_classes):
         raise ValueError("the label is outside [0, C) and is not ignore_index")
     if not mean:
