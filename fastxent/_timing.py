@@ -27,15 +27,28 @@ def evict_caches():
     _evict_buffer[0].sum()
 
 
+# Untimed calls of each contender before any timing. fastxent's dispatch
+# times a new problem shape both ways in its first four calls, and the
+# serial twin is compiled or loaded from the disk cache on the third (14
+# to 22 ms at 8192 x 10): with one warm-up call that load fell into the
+# calls that choose how many calls make a sample, and a sample of 8192 x
+# 10 float32 became 4 calls instead of 64, each sample then carrying the
+# slow first call after the other contenders (PyTorch / fastxent fell
+# from 15.5 to 9.4-12 in `python -m fastxent bench`).
+WARMUP_CALLS = 5
+
+
 def interleaved_medians(contenders, rounds=15, min_seconds=0.002, before=None):
     """Median seconds per call of each callable in the dict ``contenders``.
 
+    Each contender is first called `WARMUP_CALLS` times, untimed.
     ``before``, when given, runs untimed before each timed sample (e.g.
     `evict_caches`); a sample is one call unless a call takes less than
     ``min_seconds``, and then several calls in a row.
     """
-    for f in contenders.values():  # warm-up (compilation, caches, page faults)
-        f()
+    for f in contenders.values():  # warm-up (compilation, caches, page faults, the dispatch's learning)
+        for _ in range(WARMUP_CALLS):
+            f()
     loops = {}
     for name, f in contenders.items():
         n, t = 1, 0.0
