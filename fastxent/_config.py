@@ -7,6 +7,13 @@ fast-math policy, caching or the serial/parallel threshold is made once.
 import os
 import platform
 
+
+def _llvm_host_cpu():
+    """The CPU name LLVM compiles the kernels for (e.g. "znver4", "rocketlake")."""
+    from llvmlite import binding
+
+    return binding.get_host_cpu_name()
+
 # Fast-math flags for the max of a row shorter than SUM_LANES, the one
 # reduction left to LLVM to vectorize: ``reassoc`` lets it reorder the
 # maxima, which cannot change the result (a max is exact). Sums are never
@@ -82,6 +89,29 @@ ADAPTIVE_MAX_ELEMENTS = int(os.environ.get("FASTXENT_ADAPTIVE_MAX_ELEMENTS", 2**
 # KiB in float64, twice that for probability targets).
 TILE_ROWS = 64
 TILE_MAX_CLASSES = {4: 160, 8: 96}
+# Inside the tile limits, rows of at least 2 * ROW_PATH_BLOCK_BYTES whose
+# length in bytes is a multiple of ROW_PATH_BLOCK_BYTES take the row path
+# instead (float32 C = 128, float64 C = 64 and 96): there the row loops
+# run in whole vectors, and every row starts on the same alignment. This is
+# the rule that fits the cells measured (2 threads, 8M elements, time over
+# np.copyto, tiles -> rows, two processes each unless one value is given)
+# on a 2-core Xeon (LLVM: `rocketlake`):
+# - taken: float64 C = 64 fused 1.30 / 1.31 -> 1.11 / 1.17, in place 1.18
+#   / 1.19 -> 0.98 / 0.99, loss 0.90 / 0.92 -> 0.87 / 0.87, log_softmax
+#   1.25 / 1.26 -> 1.01 / 1.03; C = 96 fused 1.42 / 1.45 -> 1.20 / 1.26, in
+#   place 1.30 / 1.34 -> 1.14 / 1.14, loss 0.98 / 1.01 -> 0.96 / 1.00,
+#   log_softmax 1.40 / 1.44 -> 1.06 / 1.07; float32 C = 128 fused 1.27 /
+#   1.30 -> 1.10 / 1.10, in place 1.15 / 1.15 -> 0.96 / 0.93, loss 0.83 /
+#   0.84 -> 0.85 / 0.79, log_softmax 1.24 / 1.26 -> 1.15 / 1.12;
+# - left on the tiles: float64 C = 32 fused 1.19-1.23 -> 1.90-1.95, C =
+#   48 1.24-1.26 -> 1.73-1.74, C = 56 1.32 -> 2.09, C = 80 1.37 -> 1.50;
+#   float32 C = 64 1.12-1.38 -> 1.5-2.7, C = 96 1.21 -> 1.65, C = 112
+#   1.30 -> 1.46, C = 160 1.29-1.32 -> 1.24-1.25 but loss 0.88 -> 1.05.
+# On the Zen 4 machine of the crossover above the tiles won at float64 C =
+# 64 (fused 1.9 / 2.0, loss 1.2 / 1.6) and float32 C = 128 (2.2 / 2.6 and
+# 1.2 / 2.0), so AMD Zen cores keep the tiles (0: no such rows). The host
+# CPU decides, and Numba's disk cache keys its kernels on it too.
+ROW_PATH_BLOCK_BYTES = 0 if _llvm_host_cpu().startswith("znver") else 256
 # Fewer rows than a tile still take one (padded) tile when there are at
 # least TILE_MIN_ROWS_FIXED + TILE_MIN_ROWS_PER_CLASS * C of them: a tile
 # costs about 0.3 + 0.045 C us whatever its rows, a row about 0.075 us

@@ -39,8 +39,9 @@ Conventions shared by all kernels
   on the number of threads.
 - Cross-entropy kernels (class-index and probability targets) and the
   softmax primitives process rows of at most ``TILE_MAX_CLASSES[itemsize]`` classes
-  in class-major tiles of ``TILE_ROWS`` rows (see ``fastxent._config``);
-  results agree with the row path to rounding.
+  in class-major tiles of ``TILE_ROWS`` rows (see ``fastxent._config``;
+  rows of whole ``ROW_PATH_BLOCK_BYTES`` blocks stay on the row path where
+  that is set); results agree with the row path to rounding.
 - ``*_serial`` functions are identical twins without ``parallel=True``:
   use them for small problems (a parallel launch costs microseconds) or
   from inside your own parallel loops.
@@ -693,6 +694,7 @@ TILE_ROWS = _config.TILE_ROWS
 TILE_ELEMENTS = _config.TILE_ROWS * max(_config.TILE_MAX_CLASSES.values())
 TILE_MAX_CLASSES_F32 = _config.TILE_MAX_CLASSES[4]
 TILE_MAX_CLASSES_F64 = _config.TILE_MAX_CLASSES[8]
+ROW_PATH_BLOCK_BYTES = _config.ROW_PATH_BLOCK_BYTES
 SUM_GROUPS = _config.SUM_GROUPS
 
 
@@ -701,7 +703,8 @@ def _groups(logits, tiles):
     """(tiled, n_groups, units per group) for a call on ``logits``.
 
     The units are tiles of TILE_ROWS rows when ``tiles`` is allowed, C is at
-    most TILE_MAX_CLASSES[itemsize] and there are rows enough to fill a tile
+    most TILE_MAX_CLASSES[itemsize] (but rows of whole ROW_PATH_BLOCK_BYTES
+    blocks, see `_config`) and there are rows enough to fill a tile
     or to pay for a padded one (TILE_MIN_ROWS_*); rows otherwise. A group holds at least GROUP_MIN_ELEMENTS
     elements: each costs a call with a dozen arrays (about 0.16 us of
     reference counting), which at one row a group was most of a small call.
@@ -709,7 +712,10 @@ def _groups(logits, tiles):
     n, c = logits.shape
     limit = TILE_MAX_CLASSES_F32 if logits.itemsize == 4 else TILE_MAX_CLASSES_F64
     enough = n >= TILE_ROWS or n >= _config.TILE_MIN_ROWS_FIXED + _config.TILE_MIN_ROWS_PER_CLASS * c
-    tiled = tiles and c <= limit and enough and logits.flags.c_contiguous
+    row_bytes = c * logits.itemsize
+    whole_blocks = (ROW_PATH_BLOCK_BYTES > 0 and row_bytes % max(1, ROW_PATH_BLOCK_BYTES) == 0
+                    and row_bytes >= 2 * ROW_PATH_BLOCK_BYTES)
+    tiled = tiles and c <= limit and not whole_blocks and enough and logits.flags.c_contiguous
     units = (n + TILE_ROWS - 1) // TILE_ROWS if tiled else n
     unit_elements = max(1, TILE_ROWS * c if tiled else c)
     n_groups, per_group = _split(units, max(1, _config.GROUP_MIN_ELEMENTS // unit_elements))

@@ -2,7 +2,8 @@
 
 The kernels take the tile path when C <= TILE_MAX_CLASSES[itemsize] and
 there are rows enough for a tile of TILE_ROWS rows to pay (a partial tile
-is padded); these cases sit on both sides of both limits and at tile edges.
+is padded), but for rows of whole ROW_PATH_BLOCK_BYTES blocks where that
+is set; these cases sit on both sides of both limits and at tile edges.
 """
 
 import numpy as np
@@ -23,6 +24,7 @@ SHAPES = [
     (5 * B, "max"),  # the largest C on the tile path (per dtype)
     (2 * B + 1, "max+1"),  # the smallest C on the row path
     (B + 3, 1),  # one class
+    (2 * B + 3, "blocks"),  # rows of two ROW_PATH_BLOCK_BYTES blocks: the row path where that is set
 ]
 OPTIONS = [
     {},
@@ -37,7 +39,8 @@ def resolve(shape, dtype):
     """A shape of SHAPES with the tile limit of ``dtype`` in place of its name."""
     n, c = shape
     cmax = _config.TILE_MAX_CLASSES[np.dtype(dtype).itemsize]
-    return n, {"max": cmax, "max+1": cmax + 1}.get(c, c)
+    blocks = 2 * 256 // np.dtype(dtype).itemsize
+    return n, {"max": cmax, "max+1": cmax + 1, "blocks": blocks}.get(c, c)
 
 
 def make(rng, shape, dtype, opts):
@@ -56,6 +59,21 @@ def make(rng, shape, dtype, opts):
 def test_tile_path_matches_reference(rng, dtype, shape, opts):
     logits, labels, opts = make(rng, shape, dtype, opts)
     assert_matches_reference(logits, labels, dtype, same_bits_in_place=False, **opts)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_of_whole_blocks_follow_the_configured_path(dtype):
+    """Inside the tile limits, rows whose bytes are whole ROW_PATH_BLOCK_BYTES
+    blocks (two or more) take the row path when that is set, the tiles otherwise."""
+    itemsize = np.dtype(dtype).itemsize
+    block = _config.ROW_PATH_BLOCK_BYTES
+    c = 2 * (block or 256) // itemsize
+    assert c <= _config.TILE_MAX_CLASSES[itemsize]
+    tiled, _, _ = kernels._groups(np.zeros((4 * B, c), dtype), True)
+    assert tiled == (block == 0)
+    for other in (c - 1, c // 2):  # not whole blocks, or a single one: the tiles
+        tiled, _, _ = kernels._groups(np.zeros((4 * B, other), dtype), True)
+        assert tiled
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
