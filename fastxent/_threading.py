@@ -51,22 +51,38 @@ def _layer_usable_here():
         return True
 
 
+# Timings kept per way and bucket; the way with the smaller median runs.
+# A new bucket runs each way this many times before its first choice.
+# Three were too few on a 2-core Xeon VM: a launch that wakes sleeping
+# worker threads, and often the one after it, take 2 to 6 times as long as
+# the rest (8192 x 10 float32: 150-340 us, then 100-180, against 50-55),
+# so with three timings a caller that works 6 ms between runs of 64 calls
+# saw its parallel median pass the serial one (95 us) and ran 36 to 63 %
+# of its calls serially. The median of five needs three slow launches: a
+# time slice lost to load still turns the choice within three calls.
+SAMPLES = 5
+PROBE_CALLS = SAMPLES // 2 + 1
+
+
 def _median(samples):
-    if len(samples) == 3:
-        a, b, c = samples
-        return max(min(a, b), min(max(a, b), c))
-    return min(samples)
+    return sorted(samples)[len(samples) // 2]
 
 
 class _ShapeStats:
     """What is known about running one bucket of problem shapes."""
 
-    __slots__ = ("parallel", "serial", "best", "spent", "interval")
+    __slots__ = ("parallel", "serial", "best", "probing", "probe_left", "waking", "paused", "last_end", "spent",
+                 "interval")
 
     def __init__(self):
-        self.parallel = []  # the last three timings, seconds per element, oldest first
+        self.parallel = []  # the last SAMPLES timings, seconds per element, oldest first
         self.serial = []
-        self.best = None  # True: parallel; None until both ways have been timed
+        self.best = None  # True: parallel; None until both ways have been timed SAMPLES times
+        self.probing = None  # during a probe, the way being timed afresh (True: parallel)
+        self.probe_left = 0  # the probe's timings still to take
+        self.waking = False  # the next parallel launch wakes the worker threads: not timed
+        self.paused = False  # the last call came after a pause (see `Dispatch.run`)
+        self.last_end = float("-inf")  # when the last call ended, by the dispatch's clock
         self.spent = 0.0  # seconds spent in this bucket's calls since its last probe
         self.interval = _config.PROBE_MIN_SECONDS
 
@@ -76,16 +92,22 @@ class Dispatch:
 
     Statistics are kept per (kernel, rows, classes) bucket, with rows and
     classes rounded to powers of two, in seconds per element. A new bucket
-    runs each way until both are timed, then uses the way with the smaller
-    median of its last three timings. The other way is tried again once
-    the bucket's own calls have taken ``interval`` seconds since the last
-    probe. A probe that confirms the choice doubles the interval, or sets
-    it to 100 times the probe's extra cost if that is longer (so probes
-    cost about 1% of fastxent's time), up to ``PROBE_MAX_SECONDS``; a probe
-    that overturns the choice resets it to ``PROBE_MIN_SECONDS``. Both ways
-    give identical bits, so the choice never changes a result. The first
-    call of each kernel through the dispatch is not timed (it may include
-    compiling or loading from the disk cache).
+    runs the two ways in turn until each is timed `SAMPLES` times, then
+    uses the way with the smaller median of its last `SAMPLES` timings. The
+    first call of each kernel through the dispatch is not timed (it may
+    include compiling or loading from the disk cache), nor is a launch that
+    wakes the worker threads after the serial twin's first call or at the
+    start of a probe.
+
+    The way not chosen is tried again (probed) once the bucket's own calls
+    have taken ``interval`` seconds since the last probe: `PROBE_CALLS`
+    calls, a majority of its `SAMPLES` timings. A probe that confirms the
+    choice doubles the interval, or sets it to 100 times the probe's extra
+    cost if that is longer (so probes cost about 1% of fastxent's time), up
+    to ``PROBE_MAX_SECONDS``. A probe that overturns the choice, or a
+    change of choice because the chosen way slowed down, resets it to
+    ``PROBE_MIN_SECONDS``. Both ways give identical bits, so the choice
+    never changes a result.
 
     The interval counts the time spent in the calls, not the wall clock:
     a caller that does other work between calls (a training step, a
@@ -112,13 +134,34 @@ class Dispatch:
     def run(self, parallel_kernel, serial_kernel, n_elements, args):
         stats = self.stats(parallel_kernel, args[0].shape)
         start = self.clock()
-        probe = False
+        # A pause of a few ms without calls lets the worker threads sleep,
+        # and a VM's idle virtual CPUs slow down: the first calls after it
+        # ran slow either way (see `_config.PAUSE_SECONDS`), and three slow
+        # parallel timings from the start of a run of calls turned the
+        # choice to serial for the rest of it. The first call after a
+        # pause is therefore not timed, unless the call before it came
+        # after a pause too: a caller that works long enough between all
+        # its calls pays the wake-up in every call, so it is timed.
+        paused = start - stats.last_end > _config.PAUSE_SECONDS
+        untimed_pause = paused and not stats.paused
+        stats.paused = paused
         if stats.best is None:
-            parallel = not stats.parallel
-        elif stats.spent >= stats.interval:
-            parallel, probe = not stats.best, True
+            parallel = len(stats.parallel) <= len(stats.serial)  # the ways take turns while learning
         else:
-            parallel = stats.best
+            if stats.probing is None and stats.spent >= stats.interval:
+                # The way not chosen was last timed at least an interval ago:
+                # a majority of its timings is taken afresh, which bounds
+                # its median by the fresh ones.
+                stats.probing, stats.probe_left = not stats.best, PROBE_CALLS
+                # After a stretch of serial calls the worker threads sleep,
+                # and the launch that wakes them is slow (8192 x 10 float32:
+                # 125 to 180 us against 52 back to back, after 10 ms of
+                # serial calls). Timing it would keep the serial choice even
+                # on an idle machine; the launches after it find the threads
+                # awake when the calls come back to back, and asleep again
+                # when the caller works long enough between calls.
+                stats.waking = stats.probing
+            parallel = stats.best if stats.probing is None else stats.probing
         if parallel:
             lock = _lock
             if not lock.acquire(blocking=False):
@@ -131,24 +174,41 @@ class Dispatch:
         else:
             result = serial_kernel(*args)
             kernel, samples = serial_kernel, stats.serial
-        end = self.clock()
+        end = stats.last_end = self.clock()
         stats.spent += end - start
         if kernel not in self._warm:
             self._warm.add(kernel)
+            # Loading the serial twin takes long enough (14 to 28 ms at
+            # 8192 x 10) for the worker threads to fall asleep.
+            stats.waking = kernel is serial_kernel
+            return result
+        if parallel and stats.waking:
+            stats.waking = False
+            return result
+        if untimed_pause:
             return result
         samples.append((end - start) / n_elements)
-        if len(samples) > 3:
+        if len(samples) > SAMPLES:
             del samples[0]
-        if stats.parallel and stats.serial:
+        if stats.probing is not None:
+            stats.probe_left -= 1
+            if stats.probe_left:
+                return result
+        if len(stats.parallel) == SAMPLES and len(stats.serial) == SAMPLES:
             est_p, est_s = _median(stats.parallel), _median(stats.serial)
-            stats.best = est_p <= est_s
-            if probe:
-                if stats.best != parallel:  # the probe lost: the choice stands
-                    excess = abs(est_p - est_s) * n_elements
-                    stats.interval = min(max(2.0 * stats.interval, 100.0 * excess), _config.PROBE_MAX_SECONDS)
-                else:
-                    stats.interval = _config.PROBE_MIN_SECONDS
+            best = est_p <= est_s
+            if stats.probing is not None and best != stats.probing:  # the probe lost: the choice stands
+                probe_cost = PROBE_CALLS * abs(est_p - est_s) * n_elements
+                stats.interval = min(max(2.0 * stats.interval, 100.0 * probe_cost), _config.PROBE_MAX_SECONDS)
                 stats.spent = 0.0
+            elif stats.probing is not None or best != stats.best:
+                # The probe won, or the chosen way slowed down (load, or a
+                # passing stall on a noisy machine): the way left behind is
+                # tried again soon, not after an interval grown while it
+                # was losing.
+                stats.interval = _config.PROBE_MIN_SECONDS
+                stats.spent = 0.0
+            stats.best, stats.probing = best, None
         return result
 
 

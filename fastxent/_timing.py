@@ -28,14 +28,15 @@ def evict_caches():
 
 
 # Untimed calls of each contender before any timing. fastxent's dispatch
-# times a new problem shape both ways in its first four calls, and the
-# serial twin is compiled or loaded from the disk cache on the third (14
-# to 22 ms at 8192 x 10): with one warm-up call that load fell into the
-# calls that choose how many calls make a sample, and a sample of 8192 x
-# 10 float32 became 4 calls instead of 64, each sample then carrying the
-# slow first call after the other contenders (PyTorch / fastxent fell
-# from 15.5 to 9.4-12 in `python -m fastxent bench`).
-WARMUP_CALLS = 5
+# learns a new problem shape in its first 13 calls (each kernel's first
+# call untimed, one launch to wake the threads, five timings each way),
+# and the serial twin is compiled or loaded from the disk cache on the
+# third (14 to 22 ms at 8192 x 10). With one warm-up call that load fell
+# into the calls that choose how many calls make a sample, and a sample of
+# 8192 x 10 float32 became 4 calls instead of 64, each sample then
+# carrying the slow first call after the other contenders (PyTorch /
+# fastxent fell from 15.5 to 9.4-12 in `python -m fastxent bench`).
+WARMUP_CALLS = 13
 
 
 def interleaved_medians(contenders, rounds=15, min_seconds=0.002, before=None):
