@@ -18,7 +18,7 @@ Three hazards decide this:
   against 0.7 ms serially with two busy processes on 2 cores). `Dispatch`
   times both ways per problem shape and uses the faster one; it tries the
   other way again after an interval that doubles while the choice stands,
-  so a stretch of load costs one slow call per interval at most. Problems
+  so a stretch of load costs a few slow calls per interval at most. Problems
   of ``ADAPTIVE_MAX_ELEMENTS`` or more are not timed: there a serial run
   costs a whole long call, and parallel does not lose under load.
 """
@@ -97,7 +97,7 @@ class Dispatch:
     first call of each kernel through the dispatch is not timed (it may
     include compiling or loading from the disk cache), nor is a launch that
     wakes the worker threads after the serial twin's first call or at the
-    start of a probe.
+    start of a probe, nor the first call after a pause (see `run`).
 
     The way not chosen is tried again (probed) once the bucket's own calls
     have taken ``interval`` seconds since the last probe: `PROBE_CALLS`
