@@ -62,6 +62,10 @@ def _layer_usable_here():
 # time slice lost to load still turns the choice within three calls.
 SAMPLES = 5
 PROBE_CALLS = SAMPLES // 2 + 1
+# The calls a new shape takes before its first choice when both kernels are
+# new to the process: each kernel's untimed first call, the untimed launch
+# that wakes the threads after the serial twin's load, SAMPLES timings each way.
+LEARNING_CALLS = 2 * SAMPLES + 3
 
 
 def _median(samples):

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from ._threading import LEARNING_CALLS
+
 # `evict_caches` reads this many bytes of its own. A problem of a few tens
 # of MiB can live in a large last-level cache: on a 2-core Xeon VM whose
 # L3 is listed as 480 MiB, np.copyto of 8M float32 took 2.3 ms run after
@@ -28,15 +30,15 @@ def evict_caches():
 
 
 # Untimed calls of each contender before any timing. fastxent's dispatch
-# learns a new problem shape in its first 13 calls (each kernel's first
-# call untimed, one launch to wake the threads, five timings each way),
-# and the serial twin is compiled or loaded from the disk cache on the
+# learns a new problem shape in its first `LEARNING_CALLS` calls (13: each
+# kernel's first call untimed, one launch to wake the threads, five timings
+# each way), and the serial twin is compiled or loaded from the disk cache on the
 # third (14 to 22 ms at 8192 x 10). With one warm-up call that load fell
 # into the calls that choose how many calls make a sample, and a sample of
 # 8192 x 10 float32 became 4 calls instead of 64, each sample then
 # carrying the slow first call after the other contenders (PyTorch /
 # fastxent fell from 15.5 to 9.4-12 in `python -m fastxent bench`).
-WARMUP_CALLS = 13
+WARMUP_CALLS = LEARNING_CALLS
 
 
 def interleaved_medians(contenders, rounds=15, min_seconds=0.002, before=None):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fastxent import _config
-from fastxent._threading import PROBE_CALLS, SAMPLES, Dispatch
+from fastxent._threading import LEARNING_CALLS, PROBE_CALLS, SAMPLES, Dispatch
 
 
 class FakeMachine:
@@ -70,7 +70,7 @@ def serial_streaks(calls):
 
 def test_idle_machine_runs_parallel_and_rarely_probes(machine):
     calls = run_calls(machine, 5000)  # half a second in calls
-    after_learning = calls[2 * SAMPLES + 3 :]
+    after_learning = calls[LEARNING_CALLS:]
     assert serial_streaks(after_learning) <= 3, "probes after 0.05, 0.1 and 0.2 s of calls, then 0.4 s"
     assert after_learning.count("serial") <= 3 * PROBE_CALLS
     assert calls[-100:].count("parallel") >= 99
@@ -81,7 +81,7 @@ def test_probes_cost_little_when_the_caller_works_between_calls(machine):
     between 7 ms calls pays probes of about 1 % of fastxent's time, not one
     slow call a second."""
     machine.cost.update(parallel=7e-3, serial=12e-3)
-    calls = run_calls(machine, 300, gap=0.06)[2 * SAMPLES + 3 :]  # about 20 s of the caller's work
+    calls = run_calls(machine, 300, gap=0.06)[LEARNING_CALLS:]  # about 20 s of the caller's work
     all_parallel = len(calls) * 7e-3
     extra = calls.count("serial") * (12e-3 - 7e-3)
     assert extra <= 0.02 * all_parallel, f"{calls.count('serial')} serial calls of {len(calls)}"
