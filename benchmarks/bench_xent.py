@@ -241,6 +241,34 @@ class SimulationCall:
         self.thousand_steps(self.logits[:1], self.labels[:1], self.grad[:1], self.rows[:1])
 
 
+class SimulationPublicCall:
+    """The per-call cost of the public name from @njit code, next to the raw
+    kernel's in `SimulationCall` (a class of its own: its setup compiles)."""
+
+    def setup(self):
+        from numba import njit
+
+        rng = np.random.default_rng(0)
+        self.logits = rng.standard_normal((1, 10))
+        self.labels = rng.integers(0, 10, 1)
+        self.grad = np.empty_like(self.logits)
+
+        @njit
+        def thousand_steps(logits, labels, grad):
+            total = 0.0
+            for _ in range(1000):
+                loss, _ = fx.cross_entropy_with_grad(logits, labels, grad_out=grad)
+                total += loss
+            return total
+
+        self.thousand_steps = thousand_steps
+        thousand_steps(self.logits, self.labels, self.grad)
+
+    def time_njit_1000_single_row_calls(self):
+        """1000 `cross_entropy_with_grad` calls on a (1, 10) batch from @njit code (divide by 1000)."""
+        self.thousand_steps(self.logits, self.labels, self.grad)
+
+
 class Memory:
     """The fused call allocates nothing of the input's size."""
 

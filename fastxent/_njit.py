@@ -192,6 +192,17 @@ def _first_label_typed(target):
     return lambda target: np.int64(0)
 
 
+def _borrowed_if_array(arg):
+    """``arg`` as a `borrowed` view if it is an array (an integer label as it is)."""
+
+
+@overload(_borrowed_if_array, inline="always")
+def _borrowed_if_array_typed(arg):
+    if isinstance(arg, types.Array):
+        return lambda arg: borrowed(arg)
+    return lambda arg: arg
+
+
 def _is_same_array(a, b):
     """True when a and b are the same elements (the in-place mode)."""
 
@@ -364,8 +375,14 @@ def _cross_entropy_njit(
 ):
     body = _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, out, reduction, "loss", None)
 
+    # The inputs go to the body as borrowed views: the caller holds them
+    # through the call, and the body never returns them (it returns `out`,
+    # `grad_out` or arrays of its own). Passed as they are, they cost an
+    # incref and a decref each in this frame: (1, 10) from @njit code took
+    # 0.12-0.14 us that way, 0.09-0.10 us this way (the same in the two
+    # overloads below).
     def impl(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None):
-        return body(logits, target, weight, ignore_index, label_smoothing, out, None)
+        return body(borrowed(logits), _borrowed_if_array(target), weight, ignore_index, label_smoothing, out, None)
 
     return impl
 
@@ -379,7 +396,7 @@ def _cross_entropy_with_grad_njit(
     def impl(
         logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None, grad_out=None
     ):
-        return body(logits, target, weight, ignore_index, label_smoothing, out, grad_out)
+        return body(borrowed(logits), _borrowed_if_array(target), weight, ignore_index, label_smoothing, out, grad_out)
 
     return impl
 
@@ -391,7 +408,7 @@ def _cross_entropy_grad_njit(
     body = _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, None, reduction, "grad", out)
 
     def impl(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None):
-        return body(logits, target, weight, ignore_index, label_smoothing, None, out)
+        return body(borrowed(logits), _borrowed_if_array(target), weight, ignore_index, label_smoothing, None, out)
 
     return impl
 
@@ -415,7 +432,7 @@ def _rowwise_impl(x, axis, out, kernel, keep_axis):
     def impl(x, axis=-1, out=None):
         if axis != -1 and axis != last:
             raise ValueError("inside @njit code only the last axis is supported (axis=-1)")
-        xr = _rows(x)
+        xr = borrowed(_rows(x))
         if given:
             result = out
         elif keep_axis:
@@ -428,9 +445,9 @@ def _rowwise_impl(x, axis, out, kernel, keep_axis):
             if not keep_axis:
                 result[:] = -np.inf  # log-sum-exp of nothing
         elif keep_axis:
-            kernel(xr, _rows(result))
+            kernel(xr, borrowed(_rows(result)))
         else:
-            kernel(xr, result)
+            kernel(xr, borrowed(result))
         if scalar:
             return result[0]
         return result

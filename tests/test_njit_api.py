@@ -157,13 +157,26 @@ def test_a_batch_of_one_row_gives_the_bits_of_the_python_api(dtype, reduction):
         in_place_with_rows(logits, np.array([4]), np.empty(2, dtype))
 
 
-def test_a_batch_of_one_row_with_a_bad_label_raises_before_writing():
+def test_a_batch_of_one_row_with_bad_input_raises_before_writing():
+    """The one-sample entry of a (1, C) batch checks what the batch path checks."""
     fused, _, _ = compiled("mean")
     logits = np.zeros((1, 4))
     grad = np.full((1, 4), 7.0)
     for bad in (4, -1):
         with pytest.raises(ValueError, match="outside \\[0, C\\)"):
             fused(logits, np.array([bad]), None, -100, 0.0, grad)
+    with pytest.raises(ValueError, match="weight"):
+        fused(logits, np.array([1]), np.ones(3), -100, 0.0, grad)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fused(logits, np.array([1]), None, -100, -0.5, grad)
+    assert np.all(grad == 7.0)
+    # A buffer with more rows than the logits is refused, not written in its first row.
+    two_rows = np.full((2, 4), 7.0)
+    with pytest.raises(ValueError, match="grad must have the logits' shape"):
+        fused(logits, np.array([1]), None, -100, 0.0, two_rows)
+    assert np.all(two_rows == 7.0)
+    with pytest.raises(ValueError, match="one entry per row"):
+        fused(logits, np.array([1, 2]), None, -100, 0.0, grad)
     assert np.all(grad == 7.0)
 
 
@@ -349,3 +362,53 @@ def test_no_allocation_with_buffers_given():
     one_call, many_calls = (int(v) for v in result.stdout.split()[-2:])
     assert one_call > 0  # the counter works: the six array arguments are unboxed
     assert many_calls == one_call
+
+
+def test_temporary_arguments_are_neither_leaked_nor_freed_early():
+    """The overloads hand their inputs to the compiled body as views without
+    reference counts. Inputs made inside the loop and dropped after the call,
+    and outputs the call allocates, must come out with every allocation
+    freed and the values of the Python API."""
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from numba import njit
+        from numba.core.runtime import rtsys
+        import fastxent as fx
+
+        @njit
+        def steps(n):
+            total = 0.0
+            for i in range(n):
+                loss, grad = fx.cross_entropy_with_grad(np.full((3, 4), 0.5 * i) + np.arange(4.0),
+                                                        np.arange(3) % 4, reduction="none")
+                total += loss[1] + grad[2, 0]
+                total += fx.cross_entropy_grad(np.arange(4.0).reshape(1, 4), np.array([1]))[0, 1]
+                total += fx.cross_entropy(np.arange(8.0).reshape(2, 4) * 0.1, np.array([3, 0]))
+                total += fx.log_softmax(np.ones((2, 5)) * i)[1, 1] + fx.softmax(np.arange(5.0))[4]
+            return total
+
+        steps(1)
+        stats = rtsys.get_allocation_stats()
+        got = steps(50)
+        after = rtsys.get_allocation_stats()
+        print(after.alloc - stats.alloc, after.free - stats.free, after.mi_alloc - stats.mi_alloc,
+              after.mi_free - stats.mi_free, repr(got))
+        """
+    )
+    env = dict(os.environ, NUMBA_NRT_STATS="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    alloc, free, mi_alloc, mi_free, got = result.stdout.split()[-5:]
+    assert int(alloc) > 0 and int(alloc) == int(free)
+    assert int(mi_alloc) == int(mi_free)
+    want = 0.0
+    for i in range(50):
+        loss, grad = xent_reference(np.full((3, 4), 0.5 * i) + np.arange(4.0), np.arange(3) % 4, reduction="none")
+        want += loss[1] + grad[2, 0]
+        _, grad = xent_reference(np.arange(4.0).reshape(1, 4), np.array([1]))
+        want += grad[0, 1]
+        want += xent_reference(np.arange(8.0).reshape(2, 4) * 0.1, np.array([3, 0]))[0]
+        row = np.ones(5) * i
+        want += (row - np.log(np.exp(row).sum()))[1] + np.exp(4.0) / np.exp(np.arange(5.0)).sum()
+    np.testing.assert_allclose(float(got), want, rtol=1e-12)
