@@ -193,7 +193,7 @@ def _first_label_typed(target):
 
 
 def _borrowed_if_array(arg):
-    """``arg`` as a `borrowed` view if it is an array (an integer label as it is)."""
+    """``arg`` as a `borrowed` view if it is an array (an integer label or None as it is)."""
 
 
 @overload(_borrowed_if_array, inline="always")
@@ -265,11 +265,11 @@ def _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, o
     batched = not one_label  # a 2-D call, or a 1-D sample with a probability target
 
     def body(logits, target, weight, ignore_index, label_smoothing, out, grad_out):
-        # Borrowed views (see `_fastmath.borrowed`): this call keeps the
-        # caller's arrays alive, and the compiled calls below update no
-        # reference counts ((1, 10) from @njit code: 0.15 -> 0.13 us).
-        x = borrowed(_rows(logits))
-        w = borrowed(_weight_or_none(weight, x))
+        # The inputs arrive as borrowed views (see `_fastmath.borrowed` and
+        # the overloads below); the outputs are borrowed where a kernel
+        # takes them, so the compiled calls below update no reference counts.
+        x = _rows(logits)
+        w = _weight_or_none(weight, x)
         ignore_index = np.int64(ignore_index)  # not a literal: one kernel signature, shared with the API
         _check_smoothing(label_smoothing)
         if with_grad:
@@ -291,7 +291,7 @@ def _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, o
             label = np.int64(target)
         if batched:
             if label_array:
-                y = borrowed(target)
+                y = target
             else:
                 y = _rows(target)
             if rows_on_stack:
@@ -375,14 +375,17 @@ def _cross_entropy_njit(
 ):
     body = _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, out, reduction, "loss", None)
 
-    # The inputs go to the body as borrowed views: the caller holds them
-    # through the call, and the body never returns them (it returns `out`,
-    # `grad_out` or arrays of its own). Passed as they are, they cost an
-    # incref and a decref each in this frame: (1, 10) from @njit code took
-    # 0.12-0.14 us that way, 0.09-0.10 us this way (the same in the two
-    # overloads below).
+    # The inputs (logits, target, weight) go to the body as borrowed views:
+    # the caller holds them through the call, and the body never returns
+    # them (it returns `out`, `grad_out` or arrays of its own). Passed as
+    # they are, they cost an incref and a decref each in this frame: (1, 10)
+    # from @njit code took 0.12-0.14 us that way, 0.09-0.10 us this way (the
+    # same in the two overloads below).
     def impl(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None):
-        return body(borrowed(logits), _borrowed_if_array(target), weight, ignore_index, label_smoothing, out, None)
+        return body(
+            borrowed(logits), _borrowed_if_array(target), _borrowed_if_array(weight), ignore_index, label_smoothing,
+            out, None,
+        )
 
     return impl
 
@@ -396,7 +399,10 @@ def _cross_entropy_with_grad_njit(
     def impl(
         logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None, grad_out=None
     ):
-        return body(borrowed(logits), _borrowed_if_array(target), weight, ignore_index, label_smoothing, out, grad_out)
+        return body(
+            borrowed(logits), _borrowed_if_array(target), _borrowed_if_array(weight), ignore_index, label_smoothing,
+            out, grad_out,
+        )
 
     return impl
 
@@ -408,7 +414,10 @@ def _cross_entropy_grad_njit(
     body = _cross_entropy_body(logits, target, weight, ignore_index, label_smoothing, None, reduction, "grad", out)
 
     def impl(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None):
-        return body(borrowed(logits), _borrowed_if_array(target), weight, ignore_index, label_smoothing, None, out)
+        return body(
+            borrowed(logits), _borrowed_if_array(target), _borrowed_if_array(weight), ignore_index, label_smoothing,
+            None, out,
+        )
 
     return impl
 
