@@ -26,7 +26,7 @@ from numba.core import cgutils, ir_utils
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
 
-from ._config import CACHE_LINE, EXP_FLAGS, STREAM_STORES
+from ._config import CACHE_LINE, EXP_FLAGS, STREAM_STORES, VECTOR_BITS
 
 _JIT = not config.DISABLE_JIT
 # 1.5 * 2**52: a float64 integer n < 2**51 in size plus this is exact, with
@@ -255,6 +255,29 @@ if _JIT:
         return types.void(), codegen
 
     @intrinsic
+    def wide_vectors(typingctx):
+        """Ask LLVM to vectorize the calling function's loops with vectors of
+        `_config.VECTOR_BITS` bits (nothing when it is 0).
+
+        Sets the function attribute ``"prefer-vector-width"``, as clang's
+        ``-mprefer-vector-width`` does, and ``noinline``: the loop vectorizer
+        runs after inlining, with the attributes of the function the loops
+        end up in, so the caller must stay a function of its own. Call it
+        once, in a function that runs long enough for a call to be free (a
+        group of tiles)."""
+
+        def codegen(context, builder, sig, args):
+            if VECTOR_BITS:
+                attributes = builder.function.attributes
+                # llvmlite's add() accepts only attributes it knows by name
+                set.add(attributes, f'"prefer-vector-width"="{VECTOR_BITS}"')
+                attributes.discard("alwaysinline")
+                attributes.add("noinline")
+            return context.get_dummy_value()
+
+        return types.void(), codegen
+
+    @intrinsic
     def index_as_float(typingctx, like, k):
         """The integer ``k`` as a float of ``like``'s dtype (``like`` is an
         array), for 0 <= k < 2**51 (float64) or 2**24 (float32); other k give
@@ -420,6 +443,9 @@ else:  # NUMBA_DISABLE_JIT=1 (coverage runs): plain Python equivalents
 
     def store_fence():
         """Store ordering is the interpreter's: nothing to do."""
+
+    def wide_vectors():
+        """A code generation hint: nothing to do."""
 
     def index_as_float(like, k):
         """The integer ``k`` as a float of ``like``'s dtype."""

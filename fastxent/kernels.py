@@ -74,7 +74,7 @@ from numba.extending import overload
 
 from . import _config
 from ._fastmath import (borrowed, borrowed_rows, cast_like, exp_nonpositive, fast_tanh, index_as_float, log_sum, maxnum,
-                        prefetch_read, prefetch_write, stack_empty, store_fence, stream_copy)
+                        prefetch_read, prefetch_write, stack_empty, store_fence, stream_copy, wide_vectors)
 from ._shuffle import rows_to_tile, tile_to_rows
 
 #: Pass as ``weight`` for unweighted classes (float64; its dtype is unused).
@@ -1014,6 +1014,7 @@ def _labels_tiles(x, labels, blk0, blk1, weight, ignore_index, keep, spread, wsu
     on the stack. Padding lanes of a last, partial tile are treated as
     ignored rows and never written out.
     """
+    wide_vectors()  # see `_config.VECTOR_BITS`
     n, n_classes = x.shape
     B = TILE_ROWS
     T = stack_empty(x, TILE_ELEMENTS)
@@ -1151,6 +1152,7 @@ def _probs_tiles(x, t, blk0, blk1, weight, keep, spread, scale, g, row_loss, wit
     summed loss. Same formulas and semantics as `_probs_row`. Padding lanes
     hold zero logits and zero targets; their loss is dropped and they are
     never written out."""
+    wide_vectors()  # see `_config.VECTOR_BITS`
     n, n_classes = x.shape
     B = TILE_ROWS
     T = stack_empty(x, TILE_ELEMENTS)
@@ -1727,6 +1729,7 @@ def _softmax_tiles(x, out, blk0, blk1, log, stage):
     """Tiles blk0..blk1 of TILE_ROWS rows, class-major as in `_labels_tiles`:
     out = log_softmax(x) when ``log``, else softmax(x); out may be x. The
     row helpers' formulas, with the polynomial log of `log_sum`."""
+    wide_vectors()  # see `_config.VECTOR_BITS`
     n, n_classes = x.shape
     B = TILE_ROWS
     T = stack_empty(x, TILE_ELEMENTS)

@@ -7,7 +7,7 @@ import numba
 from numba import njit, prange
 
 from fastxent._fastmath import (borrowed, exp2_int, exp_nonpositive, fast_exp, fast_tanh, frexp_parts, index_as_float,
-                                maxnum, store_fence, stream_copy)
+                                maxnum, store_fence, stream_copy, wide_vectors)
 
 
 @njit
@@ -178,3 +178,31 @@ def test_stream_copy_writes_exactly_its_range(dtype):
             want = np.full(128, -1.0, dtype)
             want[start : start + n] = src[:n]
             np.testing.assert_array_equal(dst.reshape(-1), want, err_msg=f"start {start}, n {n}")
+
+
+def test_wide_vectors_marks_the_calling_function():
+    """`wide_vectors` gives the function that calls it the attribute
+    ``"prefer-vector-width"`` (`_config.VECTOR_BITS`, none when 0) and
+    ``noinline``, and changes nothing that function computes."""
+    import re
+
+    from fastxent import _config
+
+    @njit
+    def total(a):
+        wide_vectors()
+        s = 0.0
+        for v in a:
+            s += v
+        return s
+
+    assert total(np.arange(10.0)) == 45.0
+    ir = total.inspect_llvm(total.signatures[0])
+    define = next(line for line in ir.splitlines() if line.startswith("define") and "total" in line and "cpython" not in line)
+    group = re.search(r"#(\d+)", define.split(")")[-1])
+    attributes = define + (re.search(rf"^attributes #{group.group(1)} = {{(.*)}}$", ir, re.M).group(1) if group else "")
+    if _config.VECTOR_BITS:
+        assert f'"prefer-vector-width"="{_config.VECTOR_BITS}"' in attributes
+        assert "noinline" in attributes
+    else:
+        assert "prefer-vector-width" not in attributes

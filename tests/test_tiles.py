@@ -284,3 +284,65 @@ def test_streamed_outputs_are_the_plain_stores_bits(rng, dtype, n_classes):
             call(slice(None), out)
             np.testing.assert_array_equal(out, want, err_msg=f"{name}, offset {offset}")
             assert (buffer[:at] == 7.0).all() and (buffer[at + x.size :] == 7.0).all(), name
+
+
+_WIDTH_CASES = """
+import sys
+import numpy as np
+import fastxent as fx
+
+def outputs():
+    rng = np.random.default_rng(7)
+    found = {}
+    for dtype in (np.float32, np.float64):
+        for c in (2, 5, 10, 32):
+            n = 3 * 64 + 9  # a partial last tile
+            x = (rng.standard_normal((n, c)) * 4).astype(dtype)
+            x[5, 1] = np.nan  # a NaN row inside a tile
+            x[70, :] = -np.inf
+            labels = rng.integers(0, c, n)
+            labels[::7] = -100
+            weight = rng.random(c).astype(dtype)
+            probs = rng.random((n, c)).astype(dtype)
+            probs /= probs.sum(axis=1, keepdims=True)
+            key = f"{np.dtype(dtype).name}-{c}-"
+            for name, kw in (("plain", {}), ("options", dict(weight=weight, label_smoothing=0.1))):
+                loss, grad = fx.cross_entropy_with_grad(x, labels, reduction="none", **kw)
+                found[key + name + "-loss"], found[key + name + "-grad"] = loss, grad
+            found[key + "loss-only"] = np.asarray(fx.cross_entropy(x, labels, reduction="sum"))
+            loss, grad = fx.cross_entropy_with_grad(x, probs, reduction="none")
+            found[key + "probs-loss"], found[key + "probs-grad"] = loss, grad
+            found[key + "log_softmax"] = fx.log_softmax(x)
+            found[key + "softmax"] = fx.softmax(x)
+    return found
+
+if __name__ == "__main__":
+    np.savez(sys.argv[1], **outputs())
+"""
+
+
+@large
+def test_the_vector_width_changes_no_bits(tmp_path):
+    """The tile kernels ask LLVM for `_config.VECTOR_BITS`-bit vectors, and
+    every tile loop is lane-wise (one row a lane, sums over classes in
+    order), so kernels compiled with LLVM's own choice of width give the
+    same bits: loss, gradient, options, probability targets, the softmax
+    primitives, NaN and -inf rows and a partial tile included."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "width_cases.py"
+    script.write_text(_WIDTH_CASES)
+    here = {}
+    exec(compile(_WIDTH_CASES, str(script), "exec"), here)
+    want = here["outputs"]()
+    other = "0" if _config.VECTOR_BITS else "512"
+    env = dict(os.environ, FASTXENT_VECTOR_BITS=other)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "other.npz")], capture_output=True,
+                            text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr
+    got = np.load(tmp_path / "other.npz")
+    assert sorted(got.files) == sorted(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
