@@ -180,6 +180,7 @@ def test_stream_copy_writes_exactly_its_range(dtype):
             np.testing.assert_array_equal(dst.reshape(-1), want, err_msg=f"start {start}, n {n}")
 
 
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="LLVM IR exists in compiled code only")
 def test_wide_vectors_marks_the_calling_function():
     """`wide_vectors` gives the function that calls it the attribute
     ``"prefer-vector-width"`` (`_config.VECTOR_BITS`, none when 0) and
