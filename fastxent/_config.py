@@ -184,13 +184,18 @@ CACHE_LINE = 64
 # Vector width the tile kernels ask LLVM for (`_fastmath.wide_vectors`).
 # LLVM tunes Intel CPUs with AVX-512 to prefer 256-bit vectors; AMD's
 # Zen 4 already gets 512. The tile loops are lane-wise, one row a lane, so
-# the width changes the time, never the bits. Measured on an AVX-512
-# Xeon (fused time over np.copyto, 2 threads, 8M elements, 256 -> 512
-# bits; two runs, each in its own process): float64 C = 2 1.32-1.35 ->
-# 1.26-1.27, C = 4 1.36 -> 1.16, C = 10 1.34-1.38 -> 1.23-1.29; one
-# thread in cache, ns a row: float64 C = 2 4.7 -> 4.2, C = 10 19.9 ->
-# 15.9, float32 C = 10 9.8 -> 8.4. 0 leaves the choice to LLVM. On a CPU
-# without AVX-512 the request falls back to the widest vectors it has.
+# the width changes the time, never the bits (tests/test_tiles.py).
+# Measured on an AVX-512 Xeon (`rocketlake` to LLVM), 256 -> 512 bits:
+# one thread in cache, fused, ns a row: float64 C = 2 5.1 -> 3.7, C = 10
+# 21.4 -> 16.1, C = 32 64.6 -> 49.9; float32 C = 2 2.9 -> 2.4, C = 10 10.5
+# -> 8.8. 2 threads, 8M elements, fused time over np.copyto, two runs each
+# in alternating processes: float64 C = 2 1.34, 1.30 -> 1.16, 1.17; C = 10
+# 1.39, 1.35 -> 1.23, 1.23; float32 C = 2 1.72, 1.68 -> 1.44, 1.41 (README,
+# Performance). The row path (C above the tile limits) was mixed in cache
+# (float64 C = 256 fused 373 -> 322 ns a row, loss C = 64 117 -> 121) and is
+# memory-bound from memory, so it keeps LLVM's width. 0 leaves the choice
+# to LLVM. On a CPU without AVX-512 the request falls back to the widest
+# vectors it has.
 VECTOR_BITS = int(os.environ.get("FASTXENT_VECTOR_BITS", 512))
 
 # Outputs of at least STREAM_MIN_BYTES (gradients, softmax) are written by
