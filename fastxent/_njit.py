@@ -150,9 +150,10 @@ def _link_kernel(name, argtys):
 
 def _relink_kernel(name, argtys, symbol):
     """The reload hook of a caller cached on disk: Numba runs it before it
-    links the caller. The caller calls the kernels installed now (an upgrade
-    of fastxent reaches it without a recompile), unless a kernel's result
-    type changed since it was compiled."""
+    links the caller. The caller then calls the batch kernels installed now
+    (its inlined parts stay as they were compiled), unless a kernel's
+    result type changed since it was compiled: then it is refused, since a
+    call with another result type would corrupt memory."""
     if _link_kernel(name, argtys)[0] != symbol:
         raise RuntimeError(
             f"a function cached on disk calls fastxent.kernels.{name} with a result type this fastxent "
