@@ -173,6 +173,8 @@ def _call_kernel(typingctx, kernel, *argtys):
     """``kernel(*args)`` for a dispatcher of `kernels`, called by symbol
     (see above), not linked into the caller."""
     name = _kernel_name(kernel.dispatcher)
+    given = argtys
+    argtys = tuple(types.unliteral(t) for t in given)  # the kernels' signatures: as a dispatcher call types them
     symbol, restype = _link_kernel(name, argtys)
 
     def codegen(context, builder, signature, args):
@@ -180,13 +182,16 @@ def _call_kernel(typingctx, kernel, *argtys):
         function = cgutils.get_or_insert_function(
             builder.module, context.call_conv.get_function_type(restype, argtys), symbol
         )
-        values = cgutils.unpack_tuple(builder, args[1], len(argtys))
+        values = [
+            context.cast(builder, value, from_type, to_type)
+            for value, from_type, to_type in zip(cgutils.unpack_tuple(builder, args[1], len(given)), given, argtys)
+        ]
         status, result = context.call_conv.call_function(builder, function, restype, argtys, values)
         with cgutils.if_unlikely(builder, status.is_error):
             context.call_conv.return_status_propagate(builder, status)
         return result
 
-    return restype(kernel, types.StarArgTuple.from_types(argtys)), codegen
+    return restype(kernel, types.StarArgTuple.from_types(given)), codegen
 
 
 # --------------------------------------------------------------------------
