@@ -70,6 +70,14 @@ def demo():
 
 SWEEP_CLASSES = [2, 4, 10, 32, 64, 128, 256, 512, 1000, 32000]
 SWEEP_ELEMENTS = 1 << 23  # 8M elements: 32 MiB of float32 logits, far beyond the caches
+# The sweep's "in cache" column times the fused call on a problem of this
+# many elements (1 MiB of float64 logits and as much gradient: inside the
+# L2 and L3 caches of the machines measured), called back to back, per
+# element, over the copy's time per element from memory. It is the
+# arithmetic's share of the ratio in the "fused" column: where it is
+# already above a target, no change of memory traffic reaches that target
+# on this machine, only cheaper arithmetic.
+SWEEP_CACHE_ELEMENTS = 1 << 17
 
 
 def _progress(text):
@@ -173,7 +181,7 @@ def _sweep_table(classes, dtypes, rounds, torch, sklearn_loss, nthreads):
     print("every timed call starts with the caches emptied (fastxent._timing.evict_caches): times from memory")
     print(
         f"{'dtype':8} {'C':>6} {'rows':>8} {'copy ms':>9} {'fused':>7} {'in-place':>9} {'loss':>7} "
-        f"{'log_softmax':>12} {'probs':>7} {'sklearn/fused':>14} {'PyTorch/fused':>14}"
+        f"{'log_softmax':>12} {'probs':>7} {'sklearn/fused':>14} {'PyTorch/fused':>14} {'in cache':>9}"
     )
     rows = []
     for dtype in dtypes:
@@ -200,16 +208,25 @@ def _sweep_table(classes, dtypes, rounds, torch, sklearn_loss, nthreads):
                 contenders["torch"] = _torch_step(torch, x, labels)
             t = interleaved_medians(contenders, rounds=rounds, before=evict_caches)
             floor = t["copy"]
+            cached_x = x[: max(1, SWEEP_CACHE_ELEMENTS // c)]
+            cached_labels, cached_buf = labels[: cached_x.shape[0]], buf[: cached_x.shape[0]]
+            t_cached = interleaved_medians(
+                {"fused": lambda: fx.cross_entropy_with_grad(cached_x, cached_labels, grad_out=cached_buf)},
+                rounds=rounds,
+            )["fused"]
+            in_cache = (t_cached / cached_x.size) / (floor / x.size) if x.size else np.nan
             print(
                 f"{np.dtype(dtype).name:8} {c:6d} {n:8d} {floor * 1e3:9.3f} {t['fused'] / floor:7.2f} "
                 f"{t['inplace'] / floor:9.2f} {t['loss'] / floor:7.2f} {t['log_softmax'] / floor:12.2f} "
                 f"{t['probs'] / floor:7.2f} {t.get('sklearn', np.nan) / t['fused']:14.1f} "
-                f"{t.get('torch', np.nan) / t['fused']:14.1f}",
+                f"{t.get('torch', np.nan) / t['fused']:14.1f} {in_cache:9.2f}",
                 flush=True,
             )
             rows.append((dtype, c, t))
     print("\nfused: loss + gradient into a buffer; loss: loss only; probs: probability targets; "
-          "sklearn: HalfMultinomialLoss.loss_gradient")
+          "sklearn: HalfMultinomialLoss.loss_gradient; in cache: fused on "
+          f"{SWEEP_CACHE_ELEMENTS} elements held in cache, per element, over the copy's time per element "
+          "(the arithmetic's share of the fused column)")
     return rows
 
 

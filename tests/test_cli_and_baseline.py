@@ -66,3 +66,7 @@ def test_bench_output_is_clean_when_redirected(capsys, monkeypatch):
     assert "fastxent ms" in captured.out and "copy ms" in captured.out
     table = [line for line in captured.out.splitlines() if line.startswith("float32")]
     assert len(table) == 3 + 4  # three shapes, four class counts of the quick sweep
+    assert "in cache" in captured.out
+    sweep_rows = [line.split() for line in table if len(line.split()) == 12]
+    assert len(sweep_rows) == 4
+    assert all(float(fields[-1]) > 0 for fields in sweep_rows if int(fields[2]) > 0)  # in cache: a time ratio
