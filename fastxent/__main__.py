@@ -71,13 +71,14 @@ def demo():
 SWEEP_CLASSES = [2, 4, 10, 32, 64, 128, 256, 512, 1000, 32000]
 SWEEP_ELEMENTS = 1 << 23  # 8M elements: 32 MiB of float32 logits, far beyond the caches
 # The sweep's "in cache" column times the fused call on a problem of this
-# many elements (1 MiB of float64 logits and as much gradient: inside the
-# L2 and L3 caches of the machines measured), called back to back, per
-# element, over the copy's time per element from memory. It is the
-# arithmetic's share of the ratio in the "fused" column: where it is
+# many elements (4 MiB of float64 logits and as much gradient: inside the
+# 32 MiB L3 of the machines measured, and large enough that a parallel
+# launch, a few microseconds, is a few percent of a call), called back to
+# back, per element, over the copy's time per element from memory. It is
+# the arithmetic's share of the ratio in the "fused" column: where it is
 # already above a target, no change of memory traffic reaches that target
 # on this machine, only cheaper arithmetic.
-SWEEP_CACHE_ELEMENTS = 1 << 17
+SWEEP_CACHE_ELEMENTS = 1 << 19
 
 
 def _progress(text):
