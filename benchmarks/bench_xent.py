@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 
 import fastxent as fx
-from fastxent._timing import evict_caches, interleaved_medians
+from fastxent._timing import evict_caches, fused_kernel_in_cache, interleaved_medians
 from fastxent.baseline import numpy_log_softmax, numpy_xent, numpy_xent_with_grad, onehot
 
 from .common import DTYPES, SHAPES, make_inputs
@@ -413,6 +413,14 @@ class ClassSweep:
 
     def track_log_softmax_over_copy(self, dtype, classes):
         return self._over_copy(lambda: fx.log_softmax(self.logits, out=self.grad))
+
+    def track_kernel_in_cache_over_copy(self, dtype, classes):
+        """The fused kernel's arithmetic: its time per element on a problem
+        held in cache (`fused_kernel_in_cache`) over the copy's per element
+        from memory. Above a fused target, only cheaper arithmetic helps."""
+        copy = interleaved_medians({"copy": lambda: np.copyto(self.grad, self.logits)}, rounds=7,
+                                   before=evict_caches)["copy"]
+        return fused_kernel_in_cache(self.logits, self.labels, self.grad, rounds=7) / (copy / self.logits.size)
 
     def track_sklearn_over_fused(self, dtype, classes):
         """scikit-learn HalfMultinomialLoss.loss_gradient time over fastxent's fused time."""

@@ -19,8 +19,7 @@ import numba
 import numpy as np
 
 import fastxent as fx
-from fastxent import kernels
-from fastxent._timing import evict_caches, interleaved_medians
+from fastxent._timing import IN_CACHE_ELEMENTS, evict_caches, fused_kernel_in_cache, interleaved_medians
 from fastxent.baseline import numpy_xent_with_grad, onehot
 
 BENCH_GRID = [
@@ -71,18 +70,6 @@ def demo():
 
 SWEEP_CLASSES = [2, 4, 10, 32, 64, 128, 256, 512, 1000, 32000]
 SWEEP_ELEMENTS = 1 << 23  # 8M elements: 32 MiB of float32 logits, far beyond the caches
-# The sweep's "in cache" column times the parallel fused kernel
-# (`kernels.xent_labels_fused`, no label check, no dispatch) on a problem
-# of this many elements (4 MiB of float64 logits and as much gradient:
-# inside the 32 MiB L3 of the machines measured, and large enough that a
-# parallel launch, a few microseconds, is a few percent of a call), called
-# back to back, per element, over the copy's time per element from memory.
-# It is the arithmetic's share of the ratio in the "fused" column: where it
-# is already above a target, no change of memory traffic reaches that
-# target on this machine, only cheaper arithmetic. (Through the public
-# call, the dispatch's serial timings and probes on a fresh shape moved
-# this column by up to 30 %.)
-SWEEP_CACHE_ELEMENTS = 1 << 19
 
 
 def _progress(text):
@@ -213,15 +200,7 @@ def _sweep_table(classes, dtypes, rounds, torch, sklearn_loss, nthreads):
                 contenders["torch"] = _torch_step(torch, x, labels)
             t = interleaved_medians(contenders, rounds=rounds, before=evict_caches)
             floor = t["copy"]
-            cached_x = x[: max(1, SWEEP_CACHE_ELEMENTS // c)]
-            cached_labels, cached_buf = labels[: cached_x.shape[0]], buf[: cached_x.shape[0]]
-            no_row_loss = np.empty(0, dtype)
-            t_cached = interleaved_medians(
-                {"kernel": lambda: kernels.xent_labels_fused(cached_x, cached_labels, kernels.NO_WEIGHT, -100, 0.0,
-                                                             1.0 / max(1, cached_x.shape[0]), cached_buf, no_row_loss)},
-                rounds=rounds,
-            )["kernel"]
-            in_cache = (t_cached / cached_x.size) / (floor / x.size) if x.size else np.nan
+            in_cache = fused_kernel_in_cache(x, labels, buf, rounds) / (floor / x.size) if x.size else np.nan
             print(
                 f"{np.dtype(dtype).name:8} {c:6d} {n:8d} {floor * 1e3:9.3f} {t['fused'] / floor:7.2f} "
                 f"{t['inplace'] / floor:9.2f} {t['loss'] / floor:7.2f} {t['log_softmax'] / floor:12.2f} "
@@ -232,7 +211,7 @@ def _sweep_table(classes, dtypes, rounds, torch, sklearn_loss, nthreads):
             rows.append((dtype, c, t))
     print("\nfused: loss + gradient into a buffer; loss: loss only; probs: probability targets; "
           "sklearn: HalfMultinomialLoss.loss_gradient; in cache: the fused kernel on "
-          f"{SWEEP_CACHE_ELEMENTS} elements held in cache, per element, over the copy's time per element "
+          f"{IN_CACHE_ELEMENTS} elements held in cache, per element, over the copy's time per element "
           "(the arithmetic's share of the fused column; the parallel kernel alone, without the label check)")
     return rows
 

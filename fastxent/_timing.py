@@ -75,3 +75,34 @@ def interleaved_medians(contenders, rounds=15, min_seconds=0.002, before=None):
                 f()
             samples[name].append((time.perf_counter() - start) / n)
     return {name: float(np.median(s)) for name, s in samples.items()}
+
+
+# `fused_kernel_in_cache` times the parallel fused kernel on a problem of
+# this many elements (4 MiB of float64 logits and as much gradient: inside
+# the 32 MiB L3 of the machines measured, and large enough that a parallel
+# launch, a few microseconds, is a few percent of a call). Over the time
+# per element of `np.copyto` from memory it is the arithmetic's share of a
+# fused call's ratio to the copy: where it is already above a target, no
+# change of memory traffic reaches that target on that machine, only
+# cheaper arithmetic. It calls the kernel itself: through the public call,
+# the dispatch's serial timings and probes on a fresh shape moved it by up
+# to 30 %, and a loaded machine stalls it (a descheduled worker), so it is
+# read on an idle machine.
+IN_CACHE_ELEMENTS = 1 << 19
+
+
+def fused_kernel_in_cache(logits, labels, grad, rounds=15):
+    """Median seconds per element of `kernels.xent_labels_fused` (class-index
+    targets, mean scale, no label check, no dispatch) on the first rows of
+    ``logits`` that hold about IN_CACHE_ELEMENTS elements, into the same
+    rows of ``grad``, called back to back with the data in cache."""
+    from . import kernels
+
+    rows = max(1, min(logits.shape[0], IN_CACHE_ELEMENTS // max(1, logits.shape[1])))
+    x, y, g = logits[:rows], labels[:rows], grad[:rows]
+    no_row_loss = np.empty(0, logits.dtype)
+
+    def kernel():
+        kernels.xent_labels_fused(x, y, kernels.NO_WEIGHT, -100, 0.0, 1.0 / rows, g, no_row_loss)
+
+    return interleaved_medians({"kernel": kernel}, rounds=rounds)["kernel"] / x.size

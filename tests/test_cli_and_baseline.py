@@ -70,3 +70,19 @@ def test_bench_output_is_clean_when_redirected(capsys, monkeypatch):
     sweep_rows = [line.split() for line in table if len(line.split()) == 12]
     assert len(sweep_rows) == 4
     assert all(float(fields[-1]) > 0 for fields in sweep_rows if int(fields[2]) > 0)  # in cache: a time ratio
+
+
+def test_fused_kernel_in_cache_writes_only_the_rows_it_times():
+    from fastxent._timing import IN_CACHE_ELEMENTS, fused_kernel_in_cache
+
+    rng = np.random.default_rng(0)
+    classes = 200
+    x = rng.standard_normal((IN_CACHE_ELEMENTS // classes + 50, classes)).astype(np.float32)
+    labels = rng.integers(0, classes, x.shape[0])
+    grad = np.full_like(x, np.nan)
+    seconds_per_element = fused_kernel_in_cache(x, labels, grad, rounds=3)
+    rows = IN_CACHE_ELEMENTS // classes
+    assert 0 < seconds_per_element < 1e-6
+    assert np.isfinite(grad[:rows]).all() and np.isnan(grad[rows:]).all()
+    # the rows timed hold the mean-scaled gradient of those rows: each sums to 0
+    np.testing.assert_allclose(grad[:rows].sum(axis=1), 0.0, atol=1e-6)
