@@ -191,11 +191,11 @@ CACHE_LINE = 64
 # -> 8.8. 2 threads, 8M elements, fused time over np.copyto, two runs each
 # in alternating processes: float64 C = 2 1.34, 1.30 -> 1.16, 1.17; C = 10
 # 1.39, 1.35 -> 1.23, 1.23; float32 C = 2 1.72, 1.68 -> 1.44, 1.41
-# (benchmarks/RESULTS.md, the Xeon sweep). The row path (C above the tile limits) was mixed in cache
-# (float64 C = 256 fused 373 -> 322 ns a row, loss C = 64 117 -> 121) and is
-# memory-bound from memory, so it keeps LLVM's width. 0 leaves the choice
-# to LLVM. On a CPU without AVX-512 the request falls back to the widest
-# vectors it has.
+# (benchmarks/RESULTS.md, the Xeon sweep). The row path (C above the tile
+# limits) was mixed in cache (float64 C = 256 fused 373 -> 322 ns a row,
+# loss C = 64 117 -> 121) and is memory-bound from memory, so it keeps
+# LLVM's width. 0 leaves the choice to LLVM. On a CPU without AVX-512 the
+# request falls back to the widest vectors it has.
 VECTOR_BITS = int(os.environ.get("FASTXENT_VECTOR_BITS", 512))
 
 # Outputs of at least STREAM_MIN_BYTES (gradients, softmax) are written by

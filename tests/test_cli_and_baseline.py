@@ -78,7 +78,7 @@ def test_fused_kernel_in_cache_writes_only_the_rows_it_times(monkeypatch):
     monkeypatch.setattr(timing, "IN_CACHE_ELEMENTS", 4096)  # few rows: the kernels also run as Python in CI
     rng = np.random.default_rng(0)
     classes = 20
-    rows = 4096 // classes
+    rows = timing.IN_CACHE_ELEMENTS // classes
     x = rng.standard_normal((rows + 50, classes)).astype(np.float32)
     labels = rng.integers(0, classes, x.shape[0])
     grad = np.full_like(x, np.nan)
