@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 import fastxent as fx
-from fastxent._timing import IN_CACHE_ELEMENTS, evict_caches, fused_kernel_in_cache, interleaved_medians
+from fastxent._timing import IN_CACHE_ELEMENTS, IN_CACHE_KERNELS, evict_caches, interleaved_medians, kernels_in_cache
 from fastxent.baseline import numpy_xent_with_grad, onehot
 
 BENCH_GRID = [
@@ -173,9 +173,10 @@ def _sweep_table(classes, dtypes, rounds, torch, sklearn_loss, nthreads):
     print("every timed call starts with the caches emptied (fastxent._timing.evict_caches): times from memory")
     print(
         f"{'dtype':8} {'C':>6} {'rows':>8} {'copy ms':>9} {'fused':>7} {'in-place':>9} {'loss':>7} "
-        f"{'log_softmax':>12} {'probs':>7} {'sklearn/fused':>14} {'PyTorch/fused':>14} {'in cache':>9}"
+        f"{'log_softmax':>12} {'probs':>7} {'sklearn/fused':>14} {'PyTorch/fused':>14}"
     )
     rows = []
+    in_cache = []
     for dtype in dtypes:
         for c in classes:
             n = SWEEP_ELEMENTS // c
@@ -200,19 +201,26 @@ def _sweep_table(classes, dtypes, rounds, torch, sklearn_loss, nthreads):
                 contenders["torch"] = _torch_step(torch, x, labels)
             t = interleaved_medians(contenders, rounds=rounds, before=evict_caches)
             floor = t["copy"]
-            in_cache = fused_kernel_in_cache(x, labels, buf, rounds) / (floor / x.size) if x.size else np.nan
+            if x.size:
+                seconds = kernels_in_cache(x, labels, probs, buf, rounds)
+                in_cache.append((dtype, c, {kind: s / (floor / x.size) for kind, s in seconds.items()}))
             print(
                 f"{np.dtype(dtype).name:8} {c:6d} {n:8d} {floor * 1e3:9.3f} {t['fused'] / floor:7.2f} "
                 f"{t['inplace'] / floor:9.2f} {t['loss'] / floor:7.2f} {t['log_softmax'] / floor:12.2f} "
                 f"{t['probs'] / floor:7.2f} {t.get('sklearn', np.nan) / t['fused']:14.1f} "
-                f"{t.get('torch', np.nan) / t['fused']:14.1f} {in_cache:9.2f}",
+                f"{t.get('torch', np.nan) / t['fused']:14.1f}",
                 flush=True,
             )
             rows.append((dtype, c, t))
     print("\nfused: loss + gradient into a buffer; loss: loss only; probs: probability targets; "
-          "sklearn: HalfMultinomialLoss.loss_gradient; in cache: the fused kernel on "
-          f"{IN_CACHE_ELEMENTS} elements held in cache, per element, over the copy's time per element "
-          "(the arithmetic's share of the fused column; the parallel kernel alone, without the label check)")
+          "sklearn: HalfMultinomialLoss.loss_gradient")
+    print(f"\nthe same kernels on {IN_CACHE_ELEMENTS} elements held in cache, called back to back "
+          "(fastxent._timing.kernels_in_cache: the parallel kernels alone, without the label check), per element, "
+          "over the copy's time per element above: the arithmetic's share of each column")
+    print(f"{'dtype':8} {'C':>6} " + " ".join(f"{kind:>{max(7, len(kind))}}" for kind in IN_CACHE_KERNELS))
+    for dtype, c, ratios in in_cache:
+        print(f"{np.dtype(dtype).name:8} {c:6d} "
+              + " ".join(f"{ratios[kind]:{max(7, len(kind))}.2f}" for kind in IN_CACHE_KERNELS))
     return rows
 
 

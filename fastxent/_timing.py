@@ -77,32 +77,64 @@ def interleaved_medians(contenders, rounds=15, min_seconds=0.002, before=None):
     return {name: float(np.median(s)) for name, s in samples.items()}
 
 
-# `fused_kernel_in_cache` times the parallel fused kernel on a problem of
-# this many elements (4 MiB of float64 logits and as much gradient: inside
-# the 32 MiB L3 of the machines measured, and large enough that a parallel
-# launch, a few microseconds, is a few percent of a call). Over the time
-# per element of `np.copyto` from memory it is the arithmetic's share of a
-# fused call's ratio to the copy: where it is already above a target, no
-# change of memory traffic reaches that target on that machine, only
-# cheaper arithmetic. It calls the kernel itself: through the public call,
-# the dispatch's serial timings and probes on a fresh shape moved it by up
-# to 30 %, and a loaded machine stalls it (a descheduled worker), so it is
-# read on an idle machine.
+# `kernels_in_cache` times the parallel kernels on a problem of this many
+# elements (4 MiB of float64 logits and as much output: inside the 32 MiB
+# L3 of the machines measured, and large enough that a parallel launch, a
+# few microseconds, is a few percent of a call). Over the time per element
+# of `np.copyto` from memory it is the arithmetic's share of a call's ratio
+# to the copy: where it is already above a target, no change of memory
+# traffic reaches that target on that machine, only cheaper arithmetic (a
+# bound up to its noise: float64 C = 128, whose rows take the row kernels,
+# read 1.58 in cache and 1.44 from memory in medians of three runs). It
+# calls the kernels themselves: through the public calls, the dispatch's
+# serial timings and probes on a fresh shape moved it by up to 30 %, and a
+# loaded machine stalls it (a descheduled worker), so it is read on an
+# idle machine. Each kernel is timed on its own, called back to back, so
+# that the arrays in cache are its own (interleaving four of them in one
+# process moved them by -7 to +10 %, once +30 %: within the noise).
 IN_CACHE_ELEMENTS = 1 << 19
 
+# What `kernels_in_cache` times, in its order: the kernels behind
+# `cross_entropy_with_grad` (class-index targets, into a buffer and in
+# place), `cross_entropy` ("mean"), `log_softmax` and
+# `cross_entropy_with_grad` with probability targets.
+IN_CACHE_KERNELS = ("fused", "in-place", "loss", "log_softmax", "probs")
 
-def fused_kernel_in_cache(logits, labels, grad, rounds=15):
-    """Median seconds per element of `kernels.xent_labels_fused` (class-index
-    targets, mean scale, no label check, no dispatch) on the first rows of
-    ``logits`` that hold about IN_CACHE_ELEMENTS elements, into the same
-    rows of ``grad``, called back to back with the data in cache."""
+
+def kernels_in_cache(logits, labels, probs, out, rounds=15, kinds=IN_CACHE_KERNELS):
+    """Median seconds per element of each parallel kernel named in ``kinds``
+    (see `IN_CACHE_KERNELS`), a dict, on the first rows of ``logits`` that
+    hold about IN_CACHE_ELEMENTS elements, with the data in cache: no label
+    check, no dispatch, mean scale. ``labels`` and ``probs`` are the
+    targets of all rows; the kernels write into the same rows of ``out``
+    (the in-place kernel overwrites them with a copy of the logits first).
+    ``probs`` may be None when "probs" is not asked for."""
     from . import kernels
 
     rows = max(1, min(logits.shape[0], IN_CACHE_ELEMENTS // max(1, logits.shape[1])))
-    x, y, g = logits[:rows], labels[:rows], grad[:rows]
+    x, y, g = logits[:rows], labels[:rows], out[:rows]
+    t = None if probs is None else probs[:rows]
     no_row_loss = np.empty(0, logits.dtype)
+    scale = 1.0 / rows
+    calls = {
+        "fused": lambda: kernels.xent_labels_fused(x, y, kernels.NO_WEIGHT, -100, 0.0, scale, g, no_row_loss),
+        "in-place": lambda: kernels.xent_labels_fused_inplace(g, y, kernels.NO_WEIGHT, -100, 0.0, scale,
+                                                              no_row_loss),
+        "loss": lambda: kernels.xent_labels_loss_counted(x, y, kernels.NO_WEIGHT, -100, 0.0, no_row_loss),
+        "log_softmax": lambda: kernels.log_softmax_rows(x, g),
+        "probs": lambda: kernels.xent_probs_fused(x, t, kernels.NO_WEIGHT, 0.0, scale, g, no_row_loss),
+    }
+    seconds = {}
+    for kind in kinds:
+        if kind == "in-place":
+            # then called on its own output: gradients of gradients, finite values whose exps and logs cost
+            # what the logits' do
+            np.copyto(g, x)
+        seconds[kind] = interleaved_medians({kind: calls[kind]}, rounds=rounds)[kind] / x.size
+    return seconds
 
-    def kernel():
-        kernels.xent_labels_fused(x, y, kernels.NO_WEIGHT, -100, 0.0, 1.0 / rows, g, no_row_loss)
 
-    return interleaved_medians({"kernel": kernel}, rounds=rounds)["kernel"] / x.size
+def fused_kernel_in_cache(logits, labels, grad, rounds=15):
+    """Median seconds per element of `kernels.xent_labels_fused` in cache
+    (`kernels_in_cache`), writing into the same rows of ``grad``."""
+    return kernels_in_cache(logits, labels, None, grad, rounds, kinds=("fused",))["fused"]

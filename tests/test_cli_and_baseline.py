@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import large
 
 from fastxent._timing import WARMUP_CALLS, interleaved_medians
@@ -43,8 +44,6 @@ def test_demo_prints_the_worked_example():
 
 
 def test_help_lists_the_bench_options(capsys):
-    import pytest
-
     from fastxent.__main__ import main
 
     with pytest.raises(SystemExit):
@@ -56,23 +55,29 @@ def test_help_lists_the_bench_options(capsys):
 
 def test_bench_output_is_clean_when_redirected(capsys, monkeypatch):
     import fastxent.__main__ as cli
+    import fastxent._timing as timing
 
     monkeypatch.setattr(cli, "BENCH_GRID", [(np.float32, 64, 10)] * 3)
     monkeypatch.setattr(cli, "SWEEP_ELEMENTS", 4096)
+    monkeypatch.setattr(timing, "IN_CACHE_ELEMENTS", 512)  # few elements: the kernels also run as Python in CI
     cli.bench(quick=True)
     cli.bench(quick=True, sweep=True)
     captured = capsys.readouterr()
     assert "\r" not in captured.out and "\r" not in captured.err  # stderr is not a terminal here
     assert "fastxent ms" in captured.out and "copy ms" in captured.out
-    table = [line for line in captured.out.splitlines() if line.startswith("float32")]
-    assert len(table) == 3 + 4  # three shapes, four class counts of the quick sweep
-    assert "in cache" in captured.out
-    sweep_rows = [line.split() for line in table if len(line.split()) == 12]
-    assert len(sweep_rows) == 4
-    assert all(float(fields[-1]) > 0 for fields in sweep_rows if int(fields[2]) > 0)  # in cache: a time ratio
+    table = [line.split() for line in captured.out.splitlines() if line.startswith("float32")]
+    # three shapes; the four class counts of the quick sweep from memory; in cache all but C = 32000, of which
+    # 4096 elements hold no row
+    assert len(table) == 3 + 4 + 3
+    assert len([fields for fields in table if len(fields) == 11]) == 4
+    assert "held in cache" in captured.out
+    in_cache = [fields for fields in table if len(fields) == 7]  # dtype, C and the five kernels
+    assert [int(fields[1]) for fields in in_cache] == [2, 10, 128]
+    assert all(float(v) > 0 for fields in in_cache for v in fields[2:])  # time ratios
 
 
-def test_fused_kernel_in_cache_writes_only_the_rows_it_times(monkeypatch):
+@pytest.mark.parametrize("kind", ["fused", "in-place", "loss", "log_softmax", "probs"])
+def test_kernels_in_cache_write_only_the_rows_they_time(monkeypatch, kind):
     import fastxent._timing as timing
 
     monkeypatch.setattr(timing, "IN_CACHE_ELEMENTS", 4096)  # few rows: the kernels also run as Python in CI
@@ -81,9 +86,24 @@ def test_fused_kernel_in_cache_writes_only_the_rows_it_times(monkeypatch):
     rows = timing.IN_CACHE_ELEMENTS // classes
     x = rng.standard_normal((rows + 50, classes)).astype(np.float32)
     labels = rng.integers(0, classes, x.shape[0])
-    grad = np.full_like(x, np.nan)
-    seconds_per_element = timing.fused_kernel_in_cache(x, labels, grad, rounds=1)
+    probs = rng.random(x.shape).astype(np.float32)
+    probs /= probs.sum(axis=1, keepdims=True)
+    out = np.full_like(x, np.nan)
+    seconds_per_element = timing.kernels_in_cache(x, labels, probs, out, rounds=1, kinds=(kind,))[kind]
     assert seconds_per_element > 0
-    assert np.isfinite(grad[:rows]).all() and np.isnan(grad[rows:]).all()
-    # the rows timed hold the mean-scaled gradient of those rows: each sums to 0
-    np.testing.assert_allclose(grad[:rows].sum(axis=1), 0.0, atol=1e-6)
+    assert np.isnan(out[rows:]).all()
+    # the rows timed hold that kernel's result on those rows, mean-scaled (float64 references from the formulas)
+    expected = {
+        "fused": lambda: ref.cross_entropy_with_grad(x[:rows], labels[:rows])[1],
+        "log_softmax": lambda: ref.log_softmax(x[:rows]),
+        "probs": lambda: ref.cross_entropy_with_grad(x[:rows], probs[:rows])[1],
+    }
+    if kind == "loss":
+        assert np.isnan(out).all()  # writes nothing
+    elif kind == "in-place":
+        # called again and again on its own output, from a copy of the logits: gradients stay finite and each row of a
+        # gradient sums to 0
+        assert np.isfinite(out[:rows]).all()
+        np.testing.assert_allclose(out[:rows].sum(axis=1), 0.0, atol=1e-6)
+    else:
+        np.testing.assert_allclose(out[:rows], expected[kind](), rtol=1e-5, atol=1e-6)
